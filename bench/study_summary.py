@@ -1,0 +1,141 @@
+"""Study reads at 10,000 trials: the service's SQL aggregates vs loading every trial.
+
+Builds a finished study of ``--trials`` trials with ``--steps`` intermediate
+values each, starts the service on it, and times ``GET /studies/{name}`` and
+``GET /studies/{name}/trials?limit=100`` over loopback HTTP. The baseline,
+timed in the same run, is what a service built on Optuna's API would do:
+``study.trials`` and counting and picking the best in Python.
+
+    python bench/study_summary.py                       # 10,000 trials on SQLite
+    python bench/study_summary.py --database-url postgresql://postgres@127.0.0.1/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import optuna
+import tqdm
+from fastapi.testclient import TestClient
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.orchestration import running_service  # noqa: E402
+from service.api import create_app  # noqa: E402
+from service.db import optuna_storage  # noqa: E402
+from service.migrations import upgrade  # noqa: E402
+from service.settings import Settings  # noqa: E402
+
+NAME = "big"
+
+
+def populate(url: str, data_dir: Path, n_trials: int, steps: int) -> None:
+    """A study that already spent its budget: the supervisor starts no worker for it."""
+    settings = Settings(database_url=url, data_dir=data_dir)
+    with TestClient(create_app(settings, supervise=False)) as client:
+        spec = {"name": NAME, "task": "synthetic", "n_trials": n_trials}
+        response = client.post("/studies", json=spec)
+        response.raise_for_status()
+    study = optuna.load_study(study_name=NAME, storage=optuna_storage(url))
+    rng = random.Random(0)  # noqa: S311 (test data)
+    dists = {
+        "x": optuna.distributions.FloatDistribution(-10, 10),
+        "y": optuna.distributions.IntDistribution(-10, 10),
+    }
+    chunk = 500
+    with tqdm.tqdm(total=n_trials, desc="trials", disable=None) as bar:
+        for start in range(0, n_trials, chunk):
+            batch = []
+            for _ in range(min(chunk, n_trials - start)):
+                x, y = rng.uniform(-10, 10), rng.randint(-10, 10)
+                loss = (x - 2) ** 2 + 0.5 * (y - 3) ** 2
+                pruned = rng.random() < 0.3
+                batch.append(
+                    optuna.trial.create_trial(
+                        params={"x": x, "y": y},
+                        distributions=dists,
+                        value=None if pruned else loss,
+                        state=(
+                            optuna.trial.TrialState.PRUNED
+                            if pruned
+                            else optuna.trial.TrialState.COMPLETE
+                        ),
+                        intermediate_values={s: loss + 1 / (1 + s) for s in range(steps)},
+                    )
+                )
+            study.add_trials(batch)
+            bar.update(len(batch))
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
+    return statistics.median(ordered) * 1000, p99 * 1000
+
+
+def time_http(url: str, path: str, n: int) -> list[float]:
+    samples = []
+    with httpx.Client(base_url=url, timeout=30) as client:
+        client.get(path).raise_for_status()  # warm up
+        for _ in range(n):
+            start = time.perf_counter()
+            client.get(path).raise_for_status()
+            samples.append(time.perf_counter() - start)
+    return samples
+
+
+def time_optuna(url: str, n: int) -> list[float]:
+    storage = optuna_storage(url)
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        study = optuna.load_study(study_name=NAME, storage=storage)
+        trials = study.trials
+        Counter(t.state.name for t in trials)
+        min((t.value for t in trials if t.value is not None), default=None)
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--trials", type=int, default=10_000)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--baseline-runs", type=int, default=5)
+    parser.add_argument("--database-url", help="an empty database; default: a temp SQLite file")
+    args = parser.parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        url = args.database_url or f"sqlite:///{data_dir / 'bench.db'}"
+        upgrade(url)
+        populate(url, data_dir, args.trials, args.steps)
+        baseline = time_optuna(url, args.baseline_runs)
+        with running_service(url, data_dir) as service_url:
+            summary = time_http(service_url, f"/studies/{NAME}", args.requests)
+            page = time_http(service_url, f"/studies/{NAME}/trials?limit=100", args.requests)
+    base50, base99 = percentiles(baseline)
+    backend = url.split(":", 1)[0]
+    print(f"database={backend} trials={args.trials} intermediate values/trial={args.steps}")
+    print(f"{'read':42} {'p50 ms':>8} {'p99 ms':>8} {'baseline p50 / p50':>19}")
+    print(f"{'optuna study.trials + counts + best':42} {base50:8.1f} {base99:8.1f} {1.0:19.1f}")
+    for label, samples in (
+        ("GET /studies/{name}", summary),
+        ("GET /studies/{name}/trials?limit=100", page),
+    ):
+        p50, p99 = percentiles(samples)
+        print(f"{label:42} {p50:8.1f} {p99:8.1f} {base50 / p50:19.1f}")
+
+
+if __name__ == "__main__":
+    main()

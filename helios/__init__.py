@@ -1,0 +1,32 @@
+"""helios: a light-weight PyTorch trainer whose plug-ins extend or override it."""
+
+from helios.data import DataLoaderParams, DataModule, ResumableSampler
+from helios.model import Model
+from helios.plugins import (
+    PLUGIN_REGISTRY,
+    CUDAPlugin,
+    Plugin,
+    PluginConflictError,
+    UniquePluginOverrides,
+    create_plugin,
+)
+from helios.registry import Registry, UnknownNameError
+from helios.trainer import Trainer, TrainingState, TrainingUnit
+
+__all__ = [
+    "PLUGIN_REGISTRY",
+    "CUDAPlugin",
+    "DataLoaderParams",
+    "DataModule",
+    "Model",
+    "Plugin",
+    "PluginConflictError",
+    "Registry",
+    "ResumableSampler",
+    "Trainer",
+    "TrainingState",
+    "TrainingUnit",
+    "UniquePluginOverrides",
+    "UnknownNameError",
+    "create_plugin",
+]

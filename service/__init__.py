@@ -1,0 +1,1 @@
+"""helios-hpo: the hyperparameter-search service built on helios and Optuna."""

@@ -1,0 +1,125 @@
+"""Models and data of the built-in tasks (imported only when a trial builds one)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from helios import DataLoaderParams, DataModule, Model, TrainingState
+
+
+class DigitsData(DataModule):
+    """scikit-learn's 8x8 digits, scaled to [0, 1], split with a fixed seed."""
+
+    def __init__(self, batch_size: int, valid_fraction: float = 0.2) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.valid_fraction = valid_fraction
+
+    def setup(self) -> None:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
+        y = torch.tensor(digits.target, dtype=torch.long)
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+        n_valid = int(len(x) * self.valid_fraction)
+        valid, train = order[:n_valid], order[n_valid:]
+        self.train_dataset = TensorDataset(x[train], y[train])
+        self.valid_dataset = TensorDataset(x[valid], y[valid])
+        self.test_dataset = self.valid_dataset
+        self.train_params = DataLoaderParams(batch_size=self.batch_size, shuffle=True)
+        self.valid_params = DataLoaderParams(batch_size=512)
+        self.test_params = DataLoaderParams(batch_size=512)
+
+
+class DigitsModel(Model):
+    """A one-hidden-layer MLP over the 64 pixels."""
+
+    def __init__(self, lr: float, hidden: int, dropout: float, optimizer: str) -> None:
+        super().__init__("digits")
+        self.lr, self.hidden, self.dropout, self.optimizer_name = lr, hidden, dropout, optimizer
+
+    def setup(self) -> None:
+        self.net = nn.Sequential(
+            nn.Linear(64, self.hidden),
+            nn.ReLU(),
+            nn.Dropout(self.dropout),
+            nn.Linear(self.hidden, 10),
+        ).to(self.device)
+        if self.optimizer_name == "adam":
+            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(
+                self.net.parameters(), lr=self.lr
+            )
+        elif self.optimizer_name == "sgd":
+            self.optimizer = torch.optim.SGD(self.net.parameters(), lr=self.lr, momentum=0.9)
+        else:
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer_name!r}")
+        self.optimizers = [self.optimizer]
+
+    def train_step(self, batch: Any, state: TrainingState) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(self.net(x), y)
+
+    def on_validation_start(self, validation_cycle: int) -> None:
+        self._correct, self._loss, self._total = 0, 0.0, 0
+
+    def valid_step(self, batch: Any, step: int) -> None:
+        x, y = batch
+        logits = self.net(x)
+        self._correct += int((logits.argmax(dim=1) == y).sum())
+        self._loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        self._total += len(y)
+
+    def on_validation_end(self, validation_cycle: int) -> None:
+        self.metrics["accuracy"] = self._correct / self._total
+        self.metrics["loss"] = self._loss / self._total
+
+    def have_metrics_improved(self) -> bool:
+        best = self.metrics.get("best_accuracy", -1.0)
+        self.metrics["best_accuracy"] = max(best, self.metrics["accuracy"])
+        return self.metrics["accuracy"] > best
+
+
+class SyntheticData(DataModule):
+    """``batches`` empty batches per epoch and one validation batch."""
+
+    def __init__(self, batches: int) -> None:
+        super().__init__()
+        self.batches = batches
+
+    def setup(self) -> None:
+        self.train_dataset = TensorDataset(torch.zeros(self.batches, 1))
+        self.valid_dataset = TensorDataset(torch.zeros(1, 1))
+
+
+class SyntheticModel(Model):
+    """A quadratic bowl in the parameters whose loss falls with each validation cycle."""
+
+    def __init__(self, params: dict[str, Any], sleep_s: float = 0.0, exit_code: int = 0) -> None:
+        super().__init__("synthetic")
+        self.params = params
+        self.sleep_s = sleep_s
+        self.exit_code = exit_code
+
+    def setup(self) -> None:
+        pass
+
+    def train_step(self, batch: Any, state: TrainingState) -> None:
+        if self.exit_code:
+            os._exit(self.exit_code)  # the process dies as in an OOM kill: nothing runs after
+        if self.sleep_s:
+            time.sleep(self.sleep_s)  # stands in for the cost of a real batch
+
+    def on_validation_end(self, validation_cycle: int) -> None:
+        x = float(self.params.get("x", 0.0))
+        y = float(self.params.get("y", 0.0))
+        loss = (x - 2.0) ** 2 + 0.5 * (y - 3.0) ** 2 + 1.0 / (1 + validation_cycle)
+        self.metrics["loss"] = loss
+        self.metrics["score"] = -loss

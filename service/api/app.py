@@ -1,0 +1,68 @@
+"""The app factory: engine, Optuna storage and supervisor are built in the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.api.errors import install_error_handlers
+from service.api.routes import studies, tasks, workers
+from service.db import make_engine, make_session_factory, optuna_storage
+from service.launchers.local import LocalLauncher
+from service.settings import Settings, get_settings
+from service.studies import retry_failed_trial
+from service.supervisor import Supervisor
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings | None = None, *, supervise: bool = True) -> FastAPI:
+    """Build the API; ``supervise=False`` serves without starting workers (tests, read replicas)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        app.state.settings = settings
+        app.state.sessions = make_session_factory(engine)
+        # Heartbeats on: the supervisor fails stale trials of studies left without workers.
+        app.state.storage = optuna_storage(
+            settings.database_url,
+            heartbeat_interval=settings.heartbeat_interval_s,
+            grace_period=settings.heartbeat_grace_s,
+            stale_trial_callback=retry_failed_trial(app.state.sessions),
+        )
+        app.state.supervisor = None
+        if supervise:
+            app.state.supervisor = Supervisor(
+                engine,
+                app.state.sessions,
+                app.state.storage,
+                LocalLauncher(settings.database_url, settings.data_dir.resolve()),
+                gpus=settings.gpus,
+                interval_s=settings.supervisor_interval_s,
+                stop_timeout_s=settings.worker_stop_timeout_s,
+                grace_s=settings.heartbeat_grace_s,
+            )
+            app.state.supervisor.start()
+        try:
+            yield
+        finally:
+            if app.state.supervisor is not None:
+                app.state.supervisor.close()
+            app.state.storage.remove_session()
+            engine.dispose()
+
+    app = FastAPI(
+        title="helios-hpo",
+        summary="Hyperparameter search over HTTP: Optuna studies trained by helios workers.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(studies.router)
+    app.include_router(tasks.router)
+    app.include_router(workers.router)
+    return app

@@ -1,0 +1,85 @@
+"""One JSON error shape for every 4xx/5xx: {"code", "detail", "errors"}."""
+
+from __future__ import annotations
+
+import logging
+from typing import cast
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.errors import ConflictError, DomainError, NotFoundError, SpecError
+from service.schemas import ErrorBody, FieldError
+
+__all__ = ["install_error_handlers"]
+
+log = logging.getLogger(__name__)
+
+_STATUS = {SpecError: 422, NotFoundError: 404, ConflictError: 409}
+
+
+def _response(
+    status: int, code: str, detail: str, errors: list[FieldError] | None = None
+) -> JSONResponse:
+    body = ErrorBody(code=code, detail=detail, errors=errors or [])
+    return JSONResponse(status_code=status, content=body.model_dump())
+
+
+_PARAM_TAGS = ("float", "int", "categorical")
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path"):
+        parts = parts[1:]
+    # Pydantic puts the union tag after the parameter: search_space.lr.float.low.
+    if len(parts) >= 3 and parts[0] == "search_space" and parts[2] in _PARAM_TAGS:
+        del parts[2]
+    return ".".join(parts)
+
+
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    exc = cast(DomainError, exc)
+    status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 400)
+    errors = (
+        [FieldError(field=f, message=m) for f, m in exc.errors]
+        if isinstance(exc, SpecError)
+        else []
+    )
+    return _response(status, exc.code, exc.detail, errors)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    exc = cast(RequestValidationError, exc)
+    errors = [
+        FieldError(
+            field=_field(tuple(e["loc"])) or "body",
+            message=str(e["msg"]).removeprefix("Value error, "),
+        )
+        for e in exc.errors()
+    ]
+    summary = "; ".join(f"{e.field}: {e.message}" for e in errors)
+    return _response(422, "invalid_request", f"invalid request: {summary}", errors)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    exc = cast(StarletteHTTPException, exc)
+    code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+        exc.status_code, "http_error"
+    )
+    return _response(exc.status_code, code, str(exc.detail))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return _response(500, "internal_error", "internal error; the service log has the details")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map domain errors, validation errors and HTTP errors to the one error shape."""
+    app.add_exception_handler(DomainError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

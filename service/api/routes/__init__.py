@@ -1,0 +1,1 @@
+"""Route modules: HTTP only, one domain call each."""

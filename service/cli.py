@@ -1,0 +1,162 @@
+"""`helios-hpo serve | worker | submit | studies | db upgrade`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.api import create_app
+    from service.db import redact_url
+    from service.migrations import upgrade
+    from service.settings import get_settings
+
+    settings = get_settings()
+    host = args.host or settings.host
+    port = args.port or settings.port
+    upgrade(settings.database_url)
+    print(f"helios-hpo: database {redact_url(settings.database_url)}, data in {settings.data_dir}")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from service.settings import get_settings
+    from service.worker import run_worker
+
+    return run_worker(args.study, args.worker_id, get_settings())
+
+
+def _db(args: argparse.Namespace) -> int:
+    from service.db import redact_url
+    from service.migrations import upgrade
+    from service.settings import get_settings
+
+    url = get_settings().database_url
+    upgrade(url, args.revision)
+    print(f"helios-hpo: {redact_url(url)} is at revision {args.revision}")
+    return 0
+
+
+def _request(method: str, url: str, body: Any = None) -> Any:
+    import httpx
+
+    try:
+        response = httpx.request(method, url, json=body, timeout=30)
+    except httpx.HTTPError as exc:
+        raise SystemExit(
+            f"helios-hpo: cannot reach {url}: {exc}; is `helios-hpo serve` running?"
+        ) from None
+    if response.status_code >= 400:
+        try:
+            error = response.json()
+        except ValueError:
+            error = {"detail": response.text}
+        lines = [f"helios-hpo: {response.status_code} {error.get('detail', '')}"]
+        lines += [f"  {e['field']}: {e['message']}" for e in error.get("errors", [])]
+        raise SystemExit("\n".join(lines))
+    return response.json()
+
+
+def _load_spec(path: Path) -> Any:
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        return yaml.safe_load(text)
+    return json.loads(text)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    spec = _load_spec(args.spec)
+    study = _request("POST", f"{args.url}/studies", spec)
+    name = study["name"]
+    workers = study["spec"]["workers"]["count"]
+    print(f"created study {name!r}: {study['n_trials']} trials, {workers} workers")
+    if not args.wait:
+        return 0
+    import tqdm
+
+    with tqdm.tqdm(total=study["n_trials"], desc=name, unit="trial") as bar:
+        while True:
+            study = _request("GET", f"{args.url}/studies/{name}")
+            done = study["counts"]["COMPLETE"] + study["counts"]["PRUNED"]
+            bar.update(done - bar.n)
+            bar.set_postfix(best=study["best_value"], failed=study["counts"]["FAIL"])
+            if study["status"] != "running":
+                break
+            time.sleep(1.0)
+    status, reason, best = study["status"], study["status_reason"], study["best_value"]
+    print(f"study {name!r} {status}: {reason}; best value {best}")
+    return 0 if study["status"] == "finished" else 1
+
+
+def _studies(args: argparse.Namespace) -> int:
+    if args.name:
+        print(json.dumps(_request("GET", f"{args.url}/studies/{args.name}"), indent=2))
+        return 0
+    page = _request("GET", f"{args.url}/studies?limit=1000")
+    for s in page["items"]:
+        print(f"{s['name']:32} {s['task']:12} {s['status']:9} {s['n_trials']:>7} trials")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="helios-hpo", description="Hyperparameter search as a service."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the API and the worker supervisor")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.set_defaults(func=_serve)
+
+    worker = sub.add_parser("worker", help="run trials of a study until its budget is spent")
+    worker.add_argument("--study", required=True)
+    worker.add_argument("--worker-id", type=int, default=0)
+    worker.set_defaults(func=_worker)
+
+    url = os.environ.get("HELIOS_HPO_URL", DEFAULT_URL)
+    submit = sub.add_parser("submit", help="submit a study spec (JSON or YAML)")
+    submit.add_argument("spec", type=Path)
+    submit.add_argument("--wait", action="store_true", help="show progress until the study ends")
+    submit.add_argument(
+        "--url", default=url, help=f"the service (default $HELIOS_HPO_URL or {DEFAULT_URL})"
+    )
+    submit.set_defaults(func=_submit)
+
+    studies = sub.add_parser("studies", help="list studies, or show one")
+    studies.add_argument("name", nargs="?")
+    studies.add_argument("--url", default=url)
+    studies.set_defaults(func=_studies)
+
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_sub.add_parser("upgrade", help="migrate the service's tables")
+    upgrade.add_argument("revision", nargs="?", default="head")
+    upgrade.set_defaults(func=_db)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``helios-hpo`` command."""
+    args = _parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

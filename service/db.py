@@ -1,0 +1,164 @@
+"""Engine and session factory for one database URL shared with Optuna."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import optuna
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+__all__ = [
+    "after_commit",
+    "after_rollback",
+    "make_engine",
+    "make_session_factory",
+    "normalize_url",
+    "optuna_storage",
+    "redact_url",
+    "session_scope",
+    "study_lock",
+]
+
+log = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_S = 30
+
+
+def normalize_url(url: str | URL) -> URL:
+    """PostgreSQL URLs use psycopg 3 unless a driver is named."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def redact_url(url: str | URL) -> str:
+    """The URL with its password hidden, for logs and messages."""
+    return normalize_url(url).render_as_string(hide_password=True)
+
+
+def _engine_kwargs(url: URL) -> dict[str, Any]:
+    if url.get_backend_name() == "sqlite":
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}}
+    return {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 4}
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def make_engine(url: str | URL) -> Engine:
+    """An engine for ``url``: SQLite in WAL mode with a busy timeout, PostgreSQL with pre-ping."""
+    parsed = normalize_url(url)
+    engine = create_engine(parsed, **_engine_kwargs(parsed))
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that keep loaded attributes after commit."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def optuna_storage(
+    url: str | URL,
+    *,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    stale_trial_callback: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+) -> optuna.storages.RDBStorage:
+    """Optuna's storage on the same database, with the same connection settings."""
+    parsed = normalize_url(url)
+    storage = optuna.storages.RDBStorage(
+        parsed.render_as_string(hide_password=False),
+        engine_kwargs=_engine_kwargs(parsed),
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        heartbeat_stale_trial_callback=stale_trial_callback,
+    )
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(storage.engine, "connect", _sqlite_pragmas)
+    return storage
+
+
+def after_commit(session: Session, action: Callable[[], None]) -> None:
+    """Run ``action`` once ``session_scope`` has committed ``session``."""
+    session.info.setdefault("after_commit", []).append(action)
+
+
+def after_rollback(session: Session, action: Callable[[], None]) -> None:
+    """Run ``action`` if ``session_scope`` rolls ``session`` back (undo work outside it)."""
+    session.info.setdefault("after_rollback", []).append(action)
+
+
+def _run(session: Session, key: str) -> None:
+    for action in session.info.pop(key, []):
+        try:
+            action()
+        except Exception:
+            log.exception("%s action %r failed", key, action)
+
+
+@contextmanager
+def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A unit of work: commit on success, roll back on any error, then run the hooks."""
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        session.info.pop("after_commit", None)
+        _run(session, "after_rollback")
+        raise
+    else:
+        session.info.pop("after_rollback", None)
+        _run(session, "after_commit")
+    finally:
+        session.close()
+
+
+_ADVISORY_NAMESPACE = 0x4850_4F  # "HPO": first key of the per-study advisory lock
+
+
+@contextmanager
+def study_lock(engine: Engine, study_row_id: int) -> Iterator[None]:
+    """The study's lock: budget checks with trial creation, and failures with their retries.
+
+    A file lock beside a SQLite database (one host), an advisory lock on PostgreSQL.
+    """
+    url = engine.url
+    if url.get_backend_name() == "sqlite":
+        lock_path = Path(f"{url.database}.study-{study_row_id}.lock")
+        with lock_path.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    with engine.connect() as conn:
+        conn.execute(
+            text("SELECT pg_advisory_lock(:a, :b)"), {"a": _ADVISORY_NAMESPACE, "b": study_row_id}
+        )
+        try:
+            yield
+        finally:
+            conn.execute(
+                text("SELECT pg_advisory_unlock(:a, :b)"),
+                {"a": _ADVISORY_NAMESPACE, "b": study_row_id},
+            )
+            conn.commit()

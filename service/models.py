@@ -1,0 +1,98 @@
+"""ORM tables of the service (prefix hpo_); Optuna owns its own tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, MetaData, String, Text, func
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+__all__ = ["Base", "StudyRow", "StudyStatus", "WorkerRow", "WorkerState", "seconds_since"]
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class StudyStatus(enum.StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    FINISHED = "finished"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+class WorkerState(enum.StrEnum):
+    RUNNING = "running"
+    EXITED = "exited"  # exit code 0
+    FAILED = "failed"  # non-zero exit or killed by a signal
+    STOPPED = "stopped"  # stopped by the service
+    LOST = "lost"  # gone without an exit code we could read
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def seconds_since(moment: dt.datetime) -> float:
+    """Seconds from ``moment`` (naive means UTC: SQLite drops the zone) to now."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return (_now() - moment).total_seconds()
+
+
+class StudyRow(Base):
+    __tablename__ = "hpo_studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    task: Mapped[str] = mapped_column(String(64))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default=StudyStatus.RUNNING)
+    status_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), default=_now, onupdate=_now, server_default=func.now()
+    )
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+    workers: Mapped[list[WorkerRow]] = relationship(
+        back_populates="study", cascade="all, delete-orphan", order_by="WorkerRow.id"
+    )
+
+
+class WorkerRow(Base):
+    __tablename__ = "hpo_workers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(
+        ForeignKey("hpo_studies.id", ondelete="CASCADE"), index=True
+    )
+    launcher: Mapped[str] = mapped_column(String(16))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer, default=None)
+    pid_start_time: Mapped[float | None] = mapped_column(Float, default=None)
+    gpus: Mapped[str] = mapped_column(String(64), default="")
+    state: Mapped[str] = mapped_column(String(16), default=WorkerState.RUNNING)
+    exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    trials_run: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    log_path: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+    study: Mapped[StudyRow] = relationship(back_populates="workers")
+
+    @property
+    def crashed(self) -> bool:
+        """It failed before finishing any trial: part of a crash loop, not a kill mid-work."""
+        return self.state == WorkerState.FAILED and self.trials_run == 0

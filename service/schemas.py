@@ -1,0 +1,303 @@
+"""Pydantic request and response models of the API."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "NAME_PATTERN",
+    "BestRead",
+    "CategoricalParam",
+    "EnqueueRequest",
+    "ErrorBody",
+    "FieldError",
+    "FloatParam",
+    "IntParam",
+    "LogRead",
+    "NamedArgs",
+    "Objective",
+    "Page",
+    "Param",
+    "StudyRead",
+    "StudyPatch",
+    "StudySpec",
+    "StudySummary",
+    "TaskRead",
+    "TrialRead",
+    "WorkerRead",
+    "WorkersPatch",
+    "WorkersSpec",
+]
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+MAX_PARAMS = 256
+MAX_CHOICES = 1000
+MAX_TRIALS = 1_000_000
+
+T = TypeVar("T")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _fits_steps(low: float, high: float, step: float) -> bool:
+    n = (high - low) / step
+    return math.isclose(n, round(n), rel_tol=0, abs_tol=1e-8)
+
+
+class FloatParam(_Strict):
+    """A float parameter: ``log`` samples on a log scale, ``step`` discretizes."""
+
+    type: Literal["float"]
+    low: float = Field(allow_inf_nan=False)
+    high: float = Field(allow_inf_nan=False)
+    log: bool = False
+    step: float | None = Field(None, gt=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _check(self) -> FloatParam:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log needs low > 0, got low={self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined")
+        if self.step is not None and not _fits_steps(self.low, self.high, self.step):
+            raise ValueError(
+                f"step {self.step} does not divide high - low ({self.high - self.low})"
+            )
+        return self
+
+
+class IntParam(_Strict):
+    """An integer parameter."""
+
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> IntParam:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
+        if self.log and self.low < 1:
+            raise ValueError(f"log needs low >= 1, got low={self.low}")
+        if self.log and self.step != 1:
+            raise ValueError("log and step cannot be combined")
+        if (self.high - self.low) % self.step:
+            raise ValueError(
+                f"step {self.step} does not divide high - low ({self.high - self.low})"
+            )
+        return self
+
+
+class CategoricalParam(_Strict):
+    """A choice among scalars (null, booleans, numbers, strings)."""
+
+    type: Literal["categorical"]
+    choices: list[Any] = Field(min_length=1, max_length=MAX_CHOICES)
+
+    @model_validator(mode="after")
+    def _check(self) -> CategoricalParam:
+        for i, choice in enumerate(self.choices):
+            if choice is not None and not isinstance(choice, bool | int | float | str):
+                raise ValueError(
+                    f"choices must be null, booleans, numbers or strings; choice {i} is "
+                    f"{type(choice).__name__}"
+                )
+            if isinstance(choice, float) and not math.isfinite(choice):
+                raise ValueError("choices must be finite")
+        if len({(type(c), c) for c in self.choices}) != len(self.choices):
+            raise ValueError("choices must be distinct")
+        return self
+
+
+Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+
+
+class Objective(_Strict):
+    """A metric the task produces and whether to minimize or maximize it."""
+
+    metric: str = Field(min_length=1, max_length=64)
+    direction: Literal["minimize", "maximize"]
+
+
+class NamedArgs(_Strict):
+    """An Optuna sampler or pruner by class name, with its keyword arguments."""
+
+    name: str = Field(min_length=1, max_length=64)
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class WorkersSpec(_Strict):
+    """How many workers train the study, and where."""
+
+    count: int = Field(1, ge=1, le=64)
+    gpus_per_worker: int = Field(0, ge=0, le=16)
+    launcher: Literal["local"] = "local"
+
+
+class StudySpec(_Strict):
+    """What ``POST /studies`` takes. Left-out fields take the task's defaults."""
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=64)
+    task: str = Field(min_length=1, max_length=64)
+    objectives: list[Objective] | None = Field(None, min_length=1, max_length=8)
+    search_space: dict[str, Param] | None = Field(None, min_length=1, max_length=MAX_PARAMS)
+    sampler: NamedArgs = Field(default_factory=lambda: NamedArgs(name="TPESampler"))
+    pruner: NamedArgs | None = None
+    n_trials: int = Field(20, ge=1, le=MAX_TRIALS)
+    timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+    max_failed_trials: int | None = Field(5, ge=0)
+    max_retries: int = Field(2, ge=0, le=10)
+    max_restarts: int = Field(3, ge=0, le=100)
+    task_args: dict[str, Any] = Field(default_factory=dict)
+    enqueue_trials: list[dict[str, Any]] = Field(default_factory=list, max_length=10_000)
+    workers: WorkersSpec = Field(default_factory=WorkersSpec)
+
+    @model_validator(mode="after")
+    def _check(self) -> StudySpec:
+        if self.objectives is not None:
+            metrics = [o.metric for o in self.objectives]
+            if len(set(metrics)) != len(metrics):
+                raise ValueError("objectives must name distinct metrics")
+        return self
+
+    @property
+    def is_multi_objective(self) -> bool:
+        return self.objectives is not None and len(self.objectives) > 1
+
+
+class WorkersPatch(_Strict):
+    """The live-changeable part of ``workers``."""
+
+    count: int = Field(ge=1, le=64)
+
+
+class StudyPatch(_Strict):
+    """What ``PATCH /studies/{name}`` may change while a study runs."""
+
+    n_trials: int | None = Field(None, ge=1, le=MAX_TRIALS)
+    timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+    workers: WorkersPatch | None = None
+
+
+class EnqueueRequest(_Strict):
+    """Parameter sets to run next, each validated against the study's search space."""
+
+    trials: list[dict[str, Any]] = Field(min_length=1, max_length=1000)
+
+
+class FieldError(BaseModel):
+    """One invalid field: where it is and why."""
+
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    code: str
+    detail: str
+    errors: list[FieldError] = Field(default_factory=list)
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a longer list."""
+
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class WorkerRead(BaseModel):
+    """A worker process of a study."""
+
+    id: int
+    launcher: str
+    host: str
+    pid: int | None
+    gpus: str
+    state: str
+    exit_code: int | None
+    trials_run: int
+    restarts: int = Field(description="crashed workers in a row this one replaced")
+    started_at: dt.datetime
+    ended_at: dt.datetime | None
+
+
+class LogRead(BaseModel):
+    """The last lines of a worker's log (of one trial when asked)."""
+
+    worker: int
+    state: str
+    lines: list[str]
+
+
+class StudySummary(BaseModel):
+    """A study in a list."""
+
+    name: str
+    task: str
+    status: str
+    n_trials: int
+    created_at: dt.datetime
+
+
+class StudyRead(BaseModel):
+    """A study: its spec, status, trial counts, best value and workers."""
+
+    name: str
+    task: str
+    status: str
+    status_reason: str | None
+    directions: list[str]
+    n_trials: int
+    counts: dict[str, int]
+    best_trial: int | None
+    best_value: float | None
+    best_values: list[float | None] | None
+    created_at: dt.datetime
+    finished_at: dt.datetime | None
+    spec: StudySpec
+    workers: list[WorkerRead]
+
+
+class TrialRead(BaseModel):
+    """A trial with its parameters, values and intermediate values (null: NaN or infinite)."""
+
+    number: int
+    state: str
+    params: dict[str, Any]
+    values: list[float | None] | None
+    intermediate_values: dict[int, float | None]
+    datetime_start: dt.datetime | None
+    datetime_complete: dt.datetime | None
+
+
+class BestRead(BaseModel):
+    """The best trial, or the Pareto front of a multi-objective study."""
+
+    directions: list[str]
+    trials: list[TrialRead]
+
+
+class TaskRead(BaseModel):
+    """A task workers may train."""
+
+    name: str
+    description: str
+    metrics: list[str]
+    default_objectives: list[Objective]
+    default_search_space: dict[str, Param]
+    default_task_args: dict[str, Any]
+    default_params: dict[str, Any]

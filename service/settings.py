@@ -1,0 +1,52 @@
+"""Service settings: the only place that reads the environment (HELIOS_HPO_*)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+
+class Settings(BaseSettings):
+    """Configuration of the service and its workers.
+
+    Every field is read from ``HELIOS_HPO_<FIELD>``, e.g. ``HELIOS_HPO_DATABASE_URL``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="HELIOS_HPO_", extra="ignore")
+
+    database_url: str = Field(
+        "sqlite:///helios-hpo.db",
+        description="SQLAlchemy URL holding the service's and Optuna's tables.",
+    )
+    data_dir: Path = Field(Path("helios-hpo-data"), description="Worker logs and checkpoints.")
+    gpus: Annotated[list[int], NoDecode] = Field(
+        default_factory=list, description="GPU ids local workers may use, e.g. '0,1'."
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+    supervisor_interval_s: float = Field(1.0, gt=0)
+    heartbeat_interval_s: int = Field(10, ge=1)
+    heartbeat_grace_s: int = Field(60, ge=2)
+    worker_stop_timeout_s: float = Field(10.0, gt=0)
+    db_retry_s: float = Field(
+        120.0, gt=0, description="How long workers retry while the database is away."
+    )
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _split_gpus(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [int(part) for part in value.split(",") if part.strip()]
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings of this process, read once from the environment."""
+    return Settings()

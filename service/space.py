@@ -1,0 +1,216 @@
+"""Study spec -> Optuna objects: distributions, sampler, pruner; task defaults resolved."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from typing import Any
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+from service.errors import SpecError
+from service.schemas import CategoricalParam, FloatParam, NamedArgs, Objective, Param, StudySpec
+from service.tasks import Task
+
+__all__ = [
+    "PRUNERS",
+    "SAMPLERS",
+    "build_pruner",
+    "build_sampler",
+    "distribution",
+    "distributions",
+    "param_errors",
+    "resolve_spec",
+]
+
+# Samplers and pruners that wrap another object cannot be built from JSON.
+_NOT_FROM_JSON = {"PartialFixedSampler", "PatientPruner"}
+
+
+def _classes(module: Any, base: type) -> dict[str, type]:
+    return {
+        name: cls
+        for name in module.__all__
+        if isinstance(cls := getattr(module, name), type)
+        and issubclass(cls, base)
+        and not inspect.isabstract(cls)
+        and name not in _NOT_FROM_JSON
+    }
+
+
+SAMPLERS: dict[str, type] = _classes(optuna.samplers, optuna.samplers.BaseSampler)
+PRUNERS: dict[str, type] = _classes(optuna.pruners, optuna.pruners.BasePruner)
+
+
+def _build(kind: str, classes: dict[str, type], spec: NamedArgs, field: str) -> Any:
+    cls = classes.get(spec.name)
+    if cls is None:
+        raise SpecError(
+            [
+                (
+                    f"{field}.name",
+                    f"unknown {kind} {spec.name!r}; known: {', '.join(sorted(classes))}",
+                )
+            ]
+        )
+    accepted = [
+        p.name
+        for p in inspect.signature(cls).parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    unknown = sorted(set(spec.args) - set(accepted))
+    if unknown:
+        raise SpecError(
+            [
+                (
+                    f"{field}.args",
+                    f"unknown argument(s) {unknown} for {spec.name}; accepted: {accepted}",
+                )
+            ]
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cls(**spec.args)
+    except Exception as exc:  # the class's own check of its arguments
+        raise SpecError([(f"{field}.args", f"{spec.name}: {exc}")]) from None
+
+
+def build_sampler(spec: NamedArgs, *, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The sampler of a spec; ``seed_offset`` gives each worker its own seed."""
+    if seed_offset and isinstance(spec.args.get("seed"), int):
+        spec = NamedArgs(
+            name=spec.name, args={**spec.args, "seed": spec.args["seed"] + seed_offset}
+        )
+    sampler: optuna.samplers.BaseSampler = _build("sampler", SAMPLERS, spec, "sampler")
+    return sampler
+
+
+def build_pruner(spec: NamedArgs | None) -> optuna.pruners.BasePruner:
+    """The pruner of a spec (NopPruner when it has none)."""
+    if spec is None:
+        return optuna.pruners.NopPruner()
+    pruner: optuna.pruners.BasePruner = _build("pruner", PRUNERS, spec, "pruner")
+    return pruner
+
+
+def distribution(param: Param) -> BaseDistribution:
+    """The Optuna distribution of one validated parameter."""
+    if isinstance(param, FloatParam):
+        return FloatDistribution(param.low, param.high, log=param.log, step=param.step)
+    if isinstance(param, CategoricalParam):
+        return CategoricalDistribution(param.choices)
+    return IntDistribution(param.low, param.high, log=param.log, step=param.step)
+
+
+def distributions(spec: StudySpec) -> dict[str, BaseDistribution]:
+    """The Optuna distributions of a resolved spec's search space."""
+    return {name: distribution(param) for name, param in (spec.search_space or {}).items()}
+
+
+def resolve_spec(spec: StudySpec, task: Task) -> StudySpec:
+    """Fill the task's defaults in ``spec`` and check everything that depends on the task.
+
+    Raises:
+        SpecError: every problem found, each with its field.
+    """
+    data = spec.model_dump()
+    if data["objectives"] is None:
+        data["objectives"] = [dict(o) for o in task.default_objectives]
+    if data["search_space"] is None:
+        data["search_space"] = {k: dict(v) for k, v in task.default_search_space.items()}
+    multi = len(data["objectives"]) > 1
+    if data["pruner"] is None and not multi:
+        data["pruner"] = {"name": "MedianPruner", "args": {}}
+    data["task_args"] = {**task.default_task_args, **data["task_args"]}
+    resolved = StudySpec.model_validate(data)
+
+    errors: list[tuple[str, str]] = []
+    known_params = sorted(task.default_params)
+    for name in resolved.search_space or {}:
+        if name not in task.default_params:
+            why = f"task {task.name!r} has no parameter {name!r}; parameters: {known_params}"
+            errors.append((f"search_space.{name}", why))
+    objectives: list[Objective] = resolved.objectives or []
+    for i, objective in enumerate(objectives):
+        if objective.metric not in task.metrics:
+            errors.append(
+                (
+                    f"objectives.{i}.metric",
+                    f"task {task.name!r} produces {list(task.metrics)}, not {objective.metric!r}",
+                )
+            )
+    if multi and spec.pruner is not None and spec.pruner.name != "NopPruner":
+        errors.append(("pruner", "a multi-objective study cannot prune; leave the pruner out"))
+    accepted_args = sorted(task.default_task_args)
+    for key, value in spec.task_args.items():
+        if key not in task.default_task_args:
+            errors.append(
+                (
+                    f"task_args.{key}",
+                    f"unknown argument for task {task.name!r}; accepted: {accepted_args}",
+                )
+            )
+        elif not _same_kind(value, task.default_task_args[key]):
+            expected = type(task.default_task_args[key]).__name__
+            errors.append((f"task_args.{key}", f"must be {expected}, got {value!r}"))
+    for build in (lambda: build_sampler(resolved.sampler), lambda: build_pruner(resolved.pruner)):
+        try:
+            build()
+        except SpecError as exc:
+            errors.extend(exc.errors)
+    errors.extend(param_errors(resolved.enqueue_trials, distributions(resolved), "enqueue_trials"))
+    if errors:
+        raise SpecError(errors)
+    return resolved
+
+
+def param_errors(
+    trials: list[dict[str, Any]], dists: dict[str, BaseDistribution], field: str
+) -> list[tuple[str, str]]:
+    """What is wrong with parameter sets to enqueue: unknown names, values outside."""
+    errors = []
+    for i, params in enumerate(trials):
+        for name, value in params.items():
+            if name not in dists:
+                reason = f"not in the search space; parameters: {sorted(dists)}"
+                errors.append((f"{field}.{i}.{name}", reason))
+            elif (outside := _outside(value, dists[name])) is not None:
+                errors.append((f"{field}.{i}.{name}", outside))
+    return errors
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, int | float)
+    return isinstance(value, type(default))
+
+
+def _outside(value: Any, dist: BaseDistribution) -> str | None:
+    """Why ``value`` is not in ``dist``, or None when it is."""
+    if isinstance(dist, CategoricalDistribution):
+        if not any(type(value) is type(c) and value == c for c in dist.choices):
+            return f"{value!r} is not one of the choices {list(dist.choices)}"
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"must be a number, got {value!r}"
+    if isinstance(dist, IntDistribution) and not isinstance(value, int):
+        return f"must be an integer, got {value!r}"
+    if not isinstance(dist, FloatDistribution | IntDistribution):
+        raise TypeError(f"unexpected distribution {dist!r}")
+    if not (dist.low <= value <= dist.high):
+        return f"{value} is outside [{dist.low}, {dist.high}]"
+    if dist.step is not None:
+        steps = (value - dist.low) / dist.step
+        if not math.isclose(steps, round(steps), abs_tol=1e-8):
+            return f"{value} is not on the grid low + k * step (step {dist.step})"
+    return None

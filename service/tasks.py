@@ -1,0 +1,197 @@
+"""Task registry: what a worker may train.
+
+A request names a registered task; it never names a module to import. Teams
+add tasks through the ``helios_hpo.tasks`` entry-point group: each entry point
+names a ``Task`` object (see README, "Adding a task").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from helios import DataModule, Model
+
+__all__ = [
+    "DIGITS",
+    "ENTRY_POINT_GROUP",
+    "SYNTHETIC",
+    "Task",
+    "TaskRun",
+    "UnknownTaskError",
+    "all_tasks",
+    "get_task",
+    "register_task",
+]
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "helios_hpo.tasks"
+
+
+@dataclasses.dataclass
+class TaskRun:
+    """What a task builds for one trial: the model, the data and the trainer's arguments."""
+
+    model: Model
+    datamodule: DataModule
+    trainer_args: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A trainable task.
+
+    Attributes:
+        name: what a study spec names.
+        description: one line for ``GET /tasks``.
+        metrics: the metrics its model puts in ``model.metrics`` at validation.
+        default_objectives: ``[{"metric": ..., "direction": ...}]``.
+        default_search_space: the JSON search space used when a spec has none.
+        default_task_args: the accepted ``task_args`` with their defaults; a
+            spec's value must have the same type.
+        default_params: the value of each parameter a study does not search;
+            its keys are the parameters the task accepts.
+        build: ``(params, task_args) -> TaskRun``; imports torch lazily. It gets
+            every parameter: the trial's, and the defaults of the rest.
+    """
+
+    name: str
+    description: str
+    metrics: tuple[str, ...]
+    default_objectives: tuple[Mapping[str, str], ...]
+    default_search_space: Mapping[str, Mapping[str, Any]]
+    default_task_args: Mapping[str, Any]
+    default_params: Mapping[str, Any]
+    build: Callable[[dict[str, Any], dict[str, Any]], TaskRun]
+
+
+class UnknownTaskError(KeyError):
+    """No task of that name is registered."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(name)
+        self.name = name
+        self.known = known
+
+    def __str__(self) -> str:
+        return f"unknown task {self.name!r}; registered tasks: {', '.join(self.known) or 'none'}"
+
+
+_TASKS: dict[str, Task] = {}
+_entry_points_loaded = False
+
+
+def register_task(task: Task) -> Task:
+    """Register ``task``; a different task under a taken name is refused."""
+    existing = _TASKS.get(task.name)
+    if existing is not None and existing is not task:
+        raise ValueError(f"task name {task.name!r} is already registered")
+    _TASKS[task.name] = task
+    return task
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            task = ep.load()
+            register_task(task() if callable(task) and not isinstance(task, Task) else task)
+        except Exception:
+            log.exception("could not load task entry point %s = %s", ep.name, ep.value)
+
+
+def all_tasks() -> dict[str, Task]:
+    """Every registered task, built-in and from entry points, by name."""
+    _load_entry_points()
+    return dict(sorted(_TASKS.items()))
+
+
+def get_task(name: str) -> Task:
+    """The task registered under ``name``."""
+    tasks = all_tasks()
+    if name not in tasks:
+        raise UnknownTaskError(name, list(tasks))
+    return tasks[name]
+
+
+# -- built-in tasks -----------------------------------------------------------
+
+
+def _build_digits(params: dict[str, Any], task_args: dict[str, Any]) -> TaskRun:
+    from service._builtin_tasks import DigitsData, DigitsModel
+
+    model = DigitsModel(
+        lr=float(params["lr"]),
+        hidden=int(params["hidden"]),
+        dropout=float(params["dropout"]),
+        optimizer=str(params["optimizer"]),
+    )
+    data = DigitsData(
+        batch_size=int(params["batch_size"]), valid_fraction=task_args["valid_fraction"]
+    )
+    return TaskRun(model, data, {"total_steps": task_args["epochs"], "valid_frequency": 1})
+
+
+DIGITS = register_task(
+    Task(
+        name="digits",
+        description="An MLP on scikit-learn's bundled 8x8 digits images (1,797 samples).",
+        metrics=("accuracy", "loss"),
+        default_objectives=({"metric": "accuracy", "direction": "maximize"},),
+        default_search_space={
+            "lr": {"type": "float", "low": 1e-4, "high": 0.3, "log": True},
+            "hidden": {"type": "int", "low": 16, "high": 256, "step": 16},
+            "dropout": {"type": "float", "low": 0.0, "high": 0.5},
+            "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+            "batch_size": {"type": "categorical", "choices": [16, 32, 64, 128]},
+        },
+        default_task_args={"epochs": 10, "valid_fraction": 0.2},
+        default_params={
+            "lr": 0.01,
+            "hidden": 128,
+            "dropout": 0.1,
+            "optimizer": "adam",
+            "batch_size": 32,
+        },
+        build=_build_digits,
+    )
+)
+
+
+def _build_synthetic(params: dict[str, Any], task_args: dict[str, Any]) -> TaskRun:
+    from service._builtin_tasks import SyntheticData, SyntheticModel
+
+    model = SyntheticModel(params, sleep_s=task_args["sleep_s"], exit_code=task_args["exit_code"])
+    data = SyntheticData(batches=task_args["batches_per_epoch"])
+    # A model without state has nothing to resume: no checkpoints.
+    return TaskRun(
+        model,
+        data,
+        {"total_steps": task_args["epochs"], "valid_frequency": 1, "chkpt_frequency": None},
+    )
+
+
+SYNTHETIC = register_task(
+    Task(
+        name="synthetic",
+        description="A quadratic bowl that 'trains' in microseconds: for tests and benchmarks.",
+        metrics=("loss", "score"),
+        default_objectives=({"metric": "loss", "direction": "minimize"},),
+        default_search_space={
+            "x": {"type": "float", "low": -10.0, "high": 10.0},
+            "y": {"type": "int", "low": -10, "high": 10},
+        },
+        # exit_code != 0 makes the worker process die in the first batch (crash tests).
+        default_task_args={"epochs": 10, "batches_per_epoch": 1, "sleep_s": 0.0, "exit_code": 0},
+        default_params={"x": 0.0, "y": 0},
+        build=_build_synthetic,
+    )
+)

@@ -1,0 +1,325 @@
+"""Reads of Optuna's own tables with SQL: counts, best values, trial pages.
+
+Optuna's ``study.trials`` loads every trial; at 10,000 trials that takes
+seconds. These queries aggregate in the database and fetch one page at a time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import defaultdict
+from typing import Any
+
+from optuna.distributions import json_to_distribution
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Enum,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    select,
+)
+from sqlalchemy.orm import Session
+
+from service.schemas import TrialRead
+
+__all__ = [
+    "BUDGET_STATES",
+    "TRIAL_STATES",
+    "best_trials",
+    "budget_used",
+    "optuna_study_id",
+    "silent_running_trials",
+    "study_directions",
+    "trial_counts",
+    "trial_page",
+    "unretried_failures",
+]
+
+# Optuna's tables, declared here for reading only (Optuna creates and migrates them).
+# Its enums are native types on PostgreSQL; the names must match Optuna's.
+_optuna = MetaData()
+_STATE = Enum("RUNNING", "COMPLETE", "PRUNED", "FAIL", "WAITING", name="trialstate")
+_DIRECTION = Enum("NOT_SET", "MINIMIZE", "MAXIMIZE", name="studydirection")
+_VALUE_TYPE = Enum("FINITE", "INF_POS", "INF_NEG", name="trialvaluetype")
+_INTERMEDIATE_TYPE = Enum("FINITE", "INF_POS", "INF_NEG", "NAN", name="trialintermediatevaluetype")
+studies = Table(
+    "studies", _optuna, Column("study_id", Integer, primary_key=True), Column("study_name", String)
+)
+study_directions_t = Table(
+    "study_directions",
+    _optuna,
+    Column("study_direction_id", Integer, primary_key=True),
+    Column("direction", _DIRECTION),
+    Column("study_id", Integer),
+    Column("objective", Integer),
+)
+trials = Table(
+    "trials",
+    _optuna,
+    Column("trial_id", Integer, primary_key=True),
+    Column("number", Integer),
+    Column("study_id", Integer),
+    Column("state", _STATE),
+    Column("datetime_start", DateTime),
+    Column("datetime_complete", DateTime),
+)
+trial_values = Table(
+    "trial_values",
+    _optuna,
+    Column("trial_value_id", Integer, primary_key=True),
+    Column("trial_id", Integer),
+    Column("objective", Integer),
+    Column("value", Float),
+    Column("value_type", _VALUE_TYPE),
+)
+trial_params = Table(
+    "trial_params",
+    _optuna,
+    Column("param_id", Integer, primary_key=True),
+    Column("trial_id", Integer),
+    Column("param_name", String),
+    Column("param_value", Float),
+    Column("distribution_json", Text),
+)
+trial_intermediate_values = Table(
+    "trial_intermediate_values",
+    _optuna,
+    Column("trial_intermediate_value_id", Integer, primary_key=True),
+    Column("trial_id", Integer),
+    Column("step", Integer),
+    Column("intermediate_value", Float),
+    Column("intermediate_value_type", _INTERMEDIATE_TYPE),
+)
+
+trial_system_attributes = Table(
+    "trial_system_attributes",
+    _optuna,
+    Column("trial_system_attribute_id", Integer, primary_key=True),
+    Column("trial_id", Integer),
+    Column("key", String),
+    Column("value_json", Text),
+)
+
+trial_heartbeats = Table(
+    "trial_heartbeats",
+    _optuna,
+    Column("trial_heartbeat_id", Integer, primary_key=True),
+    Column("trial_id", Integer),
+    Column("heartbeat", DateTime),
+)
+
+TRIAL_STATES = ("RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL")
+# Trials that hold a slot of the study's n_trials budget.
+BUDGET_STATES = ("COMPLETE", "PRUNED", "RUNNING")
+
+
+def optuna_study_id(session: Session, name: str) -> int | None:
+    """Optuna's id of the study named ``name``."""
+    return session.scalar(select(studies.c.study_id).where(studies.c.study_name == name))
+
+
+def study_directions(session: Session, study_id: int) -> list[str]:
+    """``["maximize", ...]`` in objective order."""
+    rows = session.execute(
+        select(study_directions_t.c.direction)
+        .where(study_directions_t.c.study_id == study_id)
+        .order_by(study_directions_t.c.objective)
+    )
+    return [direction.lower() for (direction,) in rows]
+
+
+def trial_counts(session: Session, study_id: int) -> dict[str, int]:
+    """Number of trials per state (every state present, zeros included)."""
+    counts = dict.fromkeys(TRIAL_STATES, 0)
+    rows = session.execute(
+        select(trials.c.state, func.count())
+        .where(trials.c.study_id == study_id)
+        .group_by(trials.c.state)
+    )
+    for state, count in rows:
+        counts[state] = count
+    return counts
+
+
+def budget_used(session: Session, study_id: int) -> int:
+    """Trials that count against ``n_trials``: finished COMPLETE or PRUNED, or RUNNING."""
+    count = session.scalar(
+        select(func.count())
+        .select_from(trials)
+        .where(trials.c.study_id == study_id, trials.c.state.in_(BUDGET_STATES))
+    )
+    return int(count or 0)
+
+
+def silent_running_trials(session: Session, study_id: int, older_than_s: float) -> list[int]:
+    """RUNNING trials that never sent a heartbeat and started more than ``older_than_s`` ago.
+
+    Optuna's stale check skips trials without a heartbeat: a worker killed between
+    creating a trial and its first heartbeat would leave it RUNNING forever.
+    """
+    # Optuna stamps datetime_start with the local naive time of the worker.
+    cutoff = dt.datetime.now() - dt.timedelta(seconds=older_than_s)  # noqa: DTZ005
+    rows = session.scalars(
+        select(trials.c.trial_id)
+        .outerjoin(trial_heartbeats, trial_heartbeats.c.trial_id == trials.c.trial_id)
+        .where(
+            trials.c.study_id == study_id,
+            trials.c.state == "RUNNING",
+            trial_heartbeats.c.trial_id.is_(None),
+            trials.c.datetime_start < cutoff,
+        )
+    )
+    return list(rows)
+
+
+def unretried_failures(session: Session, study_id: int) -> int:
+    """FAIL trials that no retry took over (a retry's ``retry_history`` lists those it did)."""
+    histories = session.scalars(
+        select(trial_system_attributes.c.value_json)
+        .join(trials, trials.c.trial_id == trial_system_attributes.c.trial_id)
+        .where(trials.c.study_id == study_id, trial_system_attributes.c.key == "retry_history")
+    )
+    retried = {number for value in histories for number in json.loads(value)}
+    failed = session.scalars(
+        select(trials.c.number).where(trials.c.study_id == study_id, trials.c.state == "FAIL")
+    )
+    return sum(1 for number in failed if number not in retried)
+
+
+def best_trials(session: Session, study_id: int, directions: list[str]) -> list[TrialRead]:
+    """The best COMPLETE trial, or the Pareto front for several objectives."""
+    if len(directions) == 1:
+        order = (
+            trial_values.c.value.desc()
+            if directions[0] == "maximize"
+            else trial_values.c.value.asc()
+        )
+        trial_id = session.scalar(
+            select(trials.c.trial_id)
+            .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
+            .where(
+                trials.c.study_id == study_id,
+                trials.c.state == "COMPLETE",
+                trial_values.c.value.is_not(None),
+            )
+            .order_by(order, trials.c.number)
+            .limit(1)
+        )
+        return _load(session, [trial_id]) if trial_id is not None else []
+    values: dict[int, list[float]] = defaultdict(list)
+    rows = session.execute(
+        select(trials.c.trial_id, trial_values.c.value, trial_values.c.value_type)
+        .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
+        .where(
+            trials.c.study_id == study_id,
+            trials.c.state == "COMPLETE",
+            trial_values.c.value_type == "FINITE",
+        )
+        .order_by(trials.c.trial_id, trial_values.c.objective)
+    )
+    for trial_id, value, _ in rows:
+        values[trial_id].append(value)
+    values = {tid: v for tid, v in values.items() if len(v) == len(directions)}
+    signs = [1.0 if d == "minimize" else -1.0 for d in directions]
+    points = {
+        tid: [s * v for s, v in zip(signs, vals, strict=True)] for tid, vals in values.items()
+    }
+    front = [tid for tid, p in points.items() if not any(_dominates(q, p) for q in points.values())]
+    return _load(session, front)
+
+
+def _dominates(a: list[float], b: list[float]) -> bool:
+    return all(x <= y for x, y in zip(a, b, strict=True)) and any(
+        x < y for x, y in zip(a, b, strict=True)
+    )
+
+
+def trial_page(
+    session: Session, study_id: int, *, state: str | None, limit: int, offset: int
+) -> tuple[list[TrialRead], int]:
+    """One page of trials by number, optionally of one state, and the total."""
+    where = [trials.c.study_id == study_id]
+    if state is not None:
+        where.append(trials.c.state == state)
+    total = session.scalar(select(func.count()).select_from(trials).where(*where)) or 0
+    ids = session.scalars(
+        select(trials.c.trial_id)
+        .where(*where)
+        .order_by(trials.c.number)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return _load(session, list(ids)), int(total)
+
+
+def _load(session: Session, trial_ids: list[int]) -> list[TrialRead]:
+    """Trials with params, values and intermediate values: four queries for any page size."""
+    if not trial_ids:
+        return []
+    params: dict[int, dict[str, Any]] = defaultdict(dict)
+    for tid, name, value, dist_json in session.execute(
+        select(
+            trial_params.c.trial_id,
+            trial_params.c.param_name,
+            trial_params.c.param_value,
+            trial_params.c.distribution_json,
+        ).where(trial_params.c.trial_id.in_(trial_ids))
+    ):
+        params[tid][name] = json_to_distribution(dist_json).to_external_repr(value)
+    values: dict[int, list[float | None]] = defaultdict(list)
+    for tid, value, value_type in session.execute(
+        select(trial_values.c.trial_id, trial_values.c.value, trial_values.c.value_type)
+        .where(trial_values.c.trial_id.in_(trial_ids))
+        .order_by(trial_values.c.trial_id, trial_values.c.objective)
+    ):
+        values[tid].append(_value(value, value_type))
+    intermediate: dict[int, dict[int, float | None]] = defaultdict(dict)
+    for tid, step, value, value_type in session.execute(
+        select(
+            trial_intermediate_values.c.trial_id,
+            trial_intermediate_values.c.step,
+            trial_intermediate_values.c.intermediate_value,
+            trial_intermediate_values.c.intermediate_value_type,
+        ).where(trial_intermediate_values.c.trial_id.in_(trial_ids))
+    ):
+        intermediate[tid][step] = _value(value, value_type)
+    rows = session.execute(
+        select(
+            trials.c.trial_id,
+            trials.c.number,
+            trials.c.state,
+            trials.c.datetime_start,
+            trials.c.datetime_complete,
+        )
+        .where(trials.c.trial_id.in_(trial_ids))
+        .order_by(trials.c.number)
+    )
+    return [
+        TrialRead(
+            number=number,
+            state=state,
+            params=params.get(tid, {}),
+            values=values.get(tid) or None,
+            intermediate_values=dict(sorted(intermediate.get(tid, {}).items())),
+            datetime_start=_utc(start),
+            datetime_complete=_utc(complete),
+        )
+        for tid, number, state, start, complete in rows
+    ]
+
+
+def _value(value: float | None, value_type: str) -> float | None:
+    """A finite value, or None for NaN and infinities (JSON has neither)."""
+    return value if value_type == "FINITE" else None
+
+
+def _utc(moment: dt.datetime | None) -> dt.datetime | None:
+    # Optuna stores naive local datetimes from datetime.now().
+    return moment.astimezone(dt.UTC) if moment is not None else None

@@ -1,0 +1,46 @@
+"""A small run of bench/study_summary.py so it cannot rot (no timing asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_study_summary_small_run_prints_both_reads_and_the_baseline() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "study_summary.py"),
+            "--trials",
+            "120",
+            "--steps",
+            "5",
+            "--requests",
+            "5",
+            "--baseline-runs",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "database=sqlite trials=120 intermediate values/trial=5"
+    rows = {line[:42].strip(): line[42:].split() for line in lines[2:]}
+    assert set(rows) == {
+        "optuna study.trials + counts + best",
+        "GET /studies/{name}",
+        "GET /studies/{name}/trials?limit=100",
+    }
+    for p50, p99, ratio in rows.values():
+        assert 0 < float(p50) <= float(p99)
+        assert float(ratio) > 0

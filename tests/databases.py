@@ -1,0 +1,45 @@
+"""Throwaway databases for tests: a temp SQLite file, or a fresh PostgreSQL database.
+
+PostgreSQL tests run when HELIOS_HPO_TEST_POSTGRES_URL names a server
+(``make test`` sets it to the local one); each test gets its own database,
+dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from service.db import normalize_url
+
+POSTGRES_URL = os.environ.get("HELIOS_HPO_TEST_POSTGRES_URL")
+
+
+def _postgres_database() -> Iterator[str]:
+    if not POSTGRES_URL:
+        pytest.skip("HELIOS_HPO_TEST_POSTGRES_URL is not set")
+    admin_url = normalize_url(POSTGRES_URL)
+    name = f"helios_hpo_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A throwaway database of each kind, empty."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'hpo.db'}"
+    else:
+        yield from _postgres_database()

@@ -1,0 +1,207 @@
+"""A user's path: submit over HTTP, workers train, the study finishes, Optuna sees it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from service.db import optuna_storage
+from tests.e2e.conftest import Service, wait_for, wait_for_status
+
+pytestmark = pytest.mark.slow
+
+DIGITS = {
+    "name": "digits-e2e",
+    "task": "digits",
+    "objectives": [{"metric": "accuracy", "direction": "maximize"}],
+    "search_space": {
+        "lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True},
+        "hidden": {"type": "int", "low": 32, "high": 256, "step": 32},
+        "dropout": {"type": "float", "low": 0.0, "high": 0.3},
+        "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+        "batch_size": {"type": "categorical", "choices": [32, 64]},
+    },
+    "sampler": {"name": "TPESampler", "args": {"seed": 1}},
+    "pruner": {"name": "MedianPruner", "args": {"n_startup_trials": 3}},
+    "n_trials": 12,
+    "task_args": {"epochs": 8},
+    "enqueue_trials": [{"lr": 0.01, "hidden": 128, "optimizer": "adam", "batch_size": 32}],
+    "workers": {"count": 2},
+}
+
+
+def test_digits_study_trains_to_the_end(service: Service) -> None:
+    with service.client() as client:
+        created = client.post("/studies", json=DIGITS)
+        assert created.status_code == 201, created.text
+        study = wait_for_status(client, "digits-e2e", 300, service)
+        trials = client.get("/studies/digits-e2e/trials?limit=1000").json()
+
+    assert study["status"] == "finished", study
+    counts = study["counts"]
+    assert counts["COMPLETE"] + counts["PRUNED"] == 12
+    assert counts["RUNNING"] == 0
+    assert counts["WAITING"] == 0
+    assert study["best_value"] >= 0.9
+    assert len(study["workers"]) == 2
+    worker_logs = sorted(service.data_dir.rglob("worker-*.log"))
+    assert len(worker_logs) == 2
+    assert any("trial=0 " in p.read_text() for p in worker_logs)  # lines findable by trial
+
+    loaded = optuna.load_study(
+        study_name="digits-e2e", storage=optuna_storage(service.database_url)
+    )
+    assert [(t.number, t.state.name) for t in loaded.trials] == [
+        (t["number"], t["state"]) for t in trials["items"]
+    ]
+    assert loaded.best_value == pytest.approx(study["best_value"])
+    assert loaded.trials[0].params["lr"] == 0.01  # the enqueued warm start ran first
+
+
+def test_budget_is_exact_with_many_workers(service: Service) -> None:
+    spec = {
+        "name": "budget",
+        "task": "synthetic",
+        "n_trials": 15,
+        "task_args": {"epochs": 3, "sleep_s": 0.02},
+        "workers": {"count": 4},
+    }
+    with service.client() as client:
+        assert client.post("/studies", json=spec).status_code == 201
+        study = wait_for_status(client, "budget", 180, service)
+        assert study["status"] == "finished", study
+        counts = study["counts"]
+        assert counts["COMPLETE"] + counts["PRUNED"] == 15
+        assert sum(counts.values()) == 15  # not one trial more
+        # Workers exit by themselves once the budget is spent.
+        wait_for(
+            lambda: all(
+                w["state"] == "exited" for w in client.get("/studies/budget").json()["workers"]
+            ),
+            60,
+            "the workers to exit",
+        )
+
+
+def test_stop_ends_training_now_and_leaves_nothing_running(service: Service) -> None:
+    spec = {
+        "name": "slow",
+        "task": "synthetic",
+        "n_trials": 50,
+        "task_args": {"epochs": 20, "sleep_s": 0.5},
+        "workers": {"count": 2},
+    }
+    with service.client() as client:
+        assert client.post("/studies", json=spec).status_code == 201
+        wait_for(
+            lambda: client.get("/studies/slow").json()["counts"]["RUNNING"] == 2,
+            60,
+            "two trials to run",
+        )
+        stopped = client.post("/studies/slow/stop")
+        assert stopped.status_code == 200
+        assert stopped.json()["status"] == "stopped"
+
+        def settled() -> bool:
+            study = client.get("/studies/slow").json()
+            return study["counts"]["RUNNING"] == 0 and all(
+                w["state"] == "stopped" for w in study["workers"]
+            )
+
+        wait_for(settled, 60, "workers to stop and no trial to be RUNNING")
+        study = client.get("/studies/slow").json()
+    assert study["counts"]["FAIL"] == 2
+    assert study["counts"]["COMPLETE"] == 0
+
+
+def test_cli_submit_waits_with_progress(service: Service, tmp_path: Path) -> None:
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(
+        yaml.safe_dump(
+            {"name": "cli", "task": "synthetic", "n_trials": 5, "task_args": {"epochs": 2}}
+        )
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "submit",
+            str(spec_path),
+            "--wait",
+            "--url",
+            service.url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "created study 'cli': 5 trials, 1 workers" in proc.stdout
+    assert "study 'cli' finished" in proc.stdout
+    assert "5/5" in proc.stderr  # the progress bar's last state
+
+    listing = subprocess.run(
+        [sys.executable, "-m", "service.cli", "studies", "--url", service.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert listing.stdout.split()[:3] == ["cli", "synthetic", "finished"]
+
+    one = subprocess.run(
+        [sys.executable, "-m", "service.cli", "studies", "cli", "--url", service.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    shown = json.loads(one.stdout)
+    assert (
+        shown["name"],
+        shown["status"],
+        shown["counts"]["COMPLETE"] + shown["counts"]["PRUNED"],
+    ) == (
+        "cli",
+        "finished",
+        5,
+    )
+
+    again = subprocess.run(
+        [sys.executable, "-m", "service.cli", "submit", str(spec_path), "--url", service.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert again.returncode == 1
+    assert "409 a study named 'cli' exists" in again.stderr
+
+
+def _readme_spec() -> dict[str, object]:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    body = readme.split("-d '", 1)[1].split("'\n", 1)[0]
+    spec: dict[str, object] = json.loads(body)
+    return spec
+
+
+def test_the_readme_quickstart_study_trains(service: Service) -> None:
+    spec = _readme_spec()
+    assert spec["name"] == "digits-demo"
+    spec["n_trials"] = 6  # the README's 20 take longer than a test should
+    with service.client() as client:
+        created = client.post("/studies", json=spec)
+        assert created.status_code == 201, created.text
+        study = wait_for_status(client, "digits-demo", 300, service)
+    assert study["status"] == "finished", study
+    assert study["counts"]["FAIL"] == 0
+    assert study["counts"]["COMPLETE"] + study["counts"]["PRUNED"] == 6
+    assert study["best_value"] >= 0.9

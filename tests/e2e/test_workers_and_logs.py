@@ -1,0 +1,60 @@
+"""Workers and their logs through the API: tails, per-trial lines, a live stream."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import Service, wait_for, wait_for_status
+
+pytestmark = pytest.mark.slow
+
+
+def test_workers_logs_and_a_followed_stream(service: Service) -> None:
+    spec = {
+        "name": "logged",
+        "task": "synthetic",
+        "n_trials": 6,
+        "task_args": {"epochs": 3, "sleep_s": 0.1},
+        "workers": {"count": 1},
+    }
+    with service.client() as client:
+        assert client.post("/studies", json=spec).status_code == 201
+        workers = wait_for(lambda: client.get("/studies/logged/workers").json(), 30, "a worker")
+        (worker,) = workers
+        assert worker["launcher"] == "local"
+        assert worker["pid"] > 0
+        assert worker["state"] == "running"
+
+        events: list[str] = []
+        with client.stream(
+            "GET", f"/workers/{worker['id']}/logs?follow=true&tail=5", timeout=120
+        ) as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            ended = False
+            for line in stream.iter_lines():
+                if line == "event: end":
+                    ended = True
+                elif line.startswith("data: "):
+                    events.append(line.removeprefix("data: "))
+                    if ended:
+                        break
+        assert events[-1] == "worker ended"
+        ended_lines = ("trial complete", "trial pruned")
+        assert any("trial=5 " in e and e.split(": ", 1)[1].startswith(ended_lines) for e in events)
+
+        study = wait_for_status(client, "logged", 60, service)
+        assert study["status"] == "finished"
+        logs = client.get(f"/workers/{worker['id']}/logs?tail=3").json()
+        assert logs["state"] == "exited"
+        assert len(logs["lines"]) == 3
+        assert "budget of 6 trials spent" in logs["lines"][-1]
+
+        trial2 = client.get(f"/workers/{worker['id']}/logs?trial=2").json()["lines"]
+        assert trial2
+        assert all(" trial=2 " in line for line in trial2)
+        assert any("trial started" in line for line in trial2)
+        assert any(line.split(": ", 1)[1].startswith(ended_lines) for line in trial2)
+
+        assert client.get("/workers/9999/logs").status_code == 404
+        assert client.get("/studies/nope/workers").status_code == 404
+        assert client.get(f"/workers/{worker['id']}/logs?tail=0").status_code == 422

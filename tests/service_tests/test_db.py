@@ -1,0 +1,49 @@
+"""The database layer: SQLite pragmas, URLs, and the CLI's db upgrade."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy import inspect, text
+
+from service.db import make_engine, normalize_url, redact_url
+
+
+def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30_000
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    engine.dispose()
+
+
+def test_postgres_urls_use_psycopg_3_and_passwords_stay_hidden() -> None:
+    url = normalize_url("postgresql://hpo:s3cret@db.example:5432/hpo")
+    assert url.drivername == "postgresql+psycopg"
+    assert normalize_url("postgresql+psycopg://u@h/d").drivername == "postgresql+psycopg"
+    assert "s3cret" not in redact_url("postgresql://hpo:s3cret@db.example/hpo")
+
+
+def test_cli_db_upgrade_creates_the_tables(database_url: str) -> None:
+    env = {**os.environ, "HELIOS_HPO_DATABASE_URL": database_url}
+    proc = subprocess.run(
+        [sys.executable, "-m", "service.cli", "db", "upgrade"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "is at revision head" in proc.stdout
+    engine = make_engine(database_url)
+    try:
+        assert {"hpo_studies", "hpo_workers", "hpo_alembic_version"} <= set(
+            inspect(engine).get_table_names()
+        )
+    finally:
+        engine.dispose()

@@ -1,0 +1,93 @@
+"""Our migrations own the hpo_ tables and never touch Optuna's."""
+
+from __future__ import annotations
+
+import optuna
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, text
+
+from service.db import make_engine, optuna_storage
+from service.migrations import VERSION_TABLE, alembic_config, include_name, upgrade
+from service.models import Base
+
+HPO_TABLES = {"hpo_studies", "hpo_workers", VERSION_TABLE}
+
+
+def _tables(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def _scalar(url: str, sql: str) -> object:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text(sql)).scalar()
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_on_an_empty_database(database_url: str) -> None:
+    upgrade(database_url)
+    assert _tables(database_url) == HPO_TABLES
+    assert _scalar(database_url, "SELECT version_num FROM hpo_alembic_version") == "0002"
+    upgrade(database_url)  # idempotent
+    assert _tables(database_url) == HPO_TABLES
+
+
+def test_upgrade_where_optuna_tables_exist_leaves_them_alone(database_url: str) -> None:
+    storage = optuna_storage(database_url)
+    study = optuna.create_study(study_name="before", storage=storage)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    optuna_version = _scalar(database_url, "SELECT version_num FROM alembic_version")
+    optuna_tables = _tables(database_url)
+    storage.engine.dispose()
+
+    upgrade(database_url)
+
+    assert _tables(database_url) == optuna_tables | HPO_TABLES
+    assert _scalar(database_url, "SELECT version_num FROM alembic_version") == optuna_version
+    reloaded = optuna.load_study(study_name="before", storage=optuna_storage(database_url))
+    assert len(reloaded.trials) == 3
+
+
+def test_optuna_works_on_a_database_we_migrated_first(database_url: str) -> None:
+    upgrade(database_url)
+    storage = optuna_storage(database_url)
+    optuna.create_study(study_name="after", storage=storage).optimize(
+        lambda t: t.suggest_float("x", 0, 1), n_trials=2
+    )
+    assert len(optuna.load_study(study_name="after", storage=storage).trials) == 2
+
+
+def test_models_match_migrations_and_autogenerate_ignores_optuna(database_url: str) -> None:
+    optuna_storage(database_url)  # Optuna's tables exist beside ours
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn,
+                opts={
+                    "include_name": include_name,
+                    "version_table": VERSION_TABLE,
+                    "compare_type": True,
+                },
+            )
+            assert compare_metadata(context, Base.metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_downgrade_removes_only_our_tables(database_url: str) -> None:
+    optuna_storage(database_url)
+    upgrade(database_url)
+    command.downgrade(alembic_config(database_url), "base")
+    remaining = _tables(database_url)
+    assert not (remaining & {"hpo_studies", "hpo_workers"})
+    assert {"studies", "trials", "alembic_version"} <= remaining

@@ -1,0 +1,332 @@
+"""Bad input gets a clear error, names the field, and writes nothing."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import optuna
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from service.db import make_engine, optuna_storage
+from service.models import StudyRow, WorkerRow
+from service.settings import Settings
+
+GOOD: dict[str, Any] = {
+    "name": "digits-demo",
+    "task": "digits",
+    "objectives": [{"metric": "accuracy", "direction": "maximize"}],
+    "search_space": {
+        "lr": {"type": "float", "low": 1e-5, "high": 0.3, "log": True},
+        "hidden": {"type": "int", "low": 16, "high": 256, "step": 16},
+        "dropout": {"type": "float", "low": 0.0, "high": 0.5},
+        "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+        "batch_size": {"type": "categorical", "choices": [32, 64]},
+    },
+    "sampler": {"name": "TPESampler", "args": {"seed": 1}},
+    "pruner": {"name": "MedianPruner", "args": {"n_startup_trials": 3}},
+    "n_trials": 20,
+    "timeout_s": None,
+    "max_failed_trials": 5,
+    "task_args": {"epochs": 10},
+    "enqueue_trials": [{"lr": 0.01, "hidden": 64, "optimizer": "adam"}],
+    "workers": {"count": 2, "gpus_per_worker": 0, "launcher": "local"},
+}
+
+
+def _with(path: str, value: Any) -> dict[str, Any]:
+    """GOOD with the value at a dotted path replaced (None deletes)."""
+    spec = copy.deepcopy(GOOD)
+    *parents, last = path.split(".")
+    node = spec
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    if value is None and isinstance(node, dict):
+        node.pop(last, None)
+    elif isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return spec
+
+
+BAD = [
+    pytest.param(
+        _with("search_space.lr.low", 0.5),
+        "search_space.lr",
+        "low (0.5) must be < high",
+        id="low>=high",
+    ),
+    pytest.param(
+        _with("search_space.hidden", {"type": "int", "low": 8, "high": 8}),
+        "search_space.hidden",
+        "must be < high",
+        id="int-low==high",
+    ),
+    pytest.param(
+        _with("search_space.lr", {"type": "float", "low": 0.0, "high": 1.0, "log": True}),
+        "search_space.lr",
+        "log needs low > 0",
+        id="log-low<=0",
+    ),
+    pytest.param(
+        _with("search_space.hidden.step", 100),
+        "search_space.hidden",
+        "step 100 does not divide",
+        id="int-step",
+    ),
+    pytest.param(
+        _with("search_space.dropout", {"type": "float", "low": 0, "high": 0.5, "step": 0.2}),
+        "search_space.dropout",
+        "step 0.2 does not divide",
+        id="float-step",
+    ),
+    pytest.param(
+        _with("search_space.optimizer.choices", []),
+        "search_space.optimizer.choices",
+        "at least 1 item",
+        id="empty-choices",
+    ),
+    pytest.param(
+        _with("search_space.optimizer.choices", ["adam", ["sgd"]]),
+        "search_space.optimizer",
+        "choices must be null, booleans, numbers or strings; choice 1 is list",
+        id="non-scalar-choice",
+    ),
+    pytest.param(
+        _with("search_space.optimizer.choices", ["adam", {"a": 1}]),
+        "search_space.optimizer",
+        "choice 1 is dict",
+        id="object-choice",
+    ),
+    pytest.param(
+        _with("search_space.lr.type", "uniform"),
+        "search_space.lr",
+        "",
+        id="unknown-param-type",
+    ),
+    pytest.param(
+        _with("sampler", {"name": "FancySampler"}),
+        "sampler.name",
+        "unknown sampler 'FancySampler'; known: ",
+        id="unknown-sampler",
+    ),
+    pytest.param(
+        _with("pruner", {"name": "EagerPruner"}),
+        "pruner.name",
+        "unknown pruner 'EagerPruner'",
+        id="unknown-pruner",
+    ),
+    pytest.param(
+        _with("sampler.args", {"seeed": 1}),
+        "sampler.args",
+        "unknown argument(s) ['seeed']",
+        id="unknown-sampler-arg",
+    ),
+    pytest.param(
+        _with("pruner.args", {"n_startup_trials": -1}),
+        "pruner.args",
+        "MedianPruner:",
+        id="bad-pruner-arg-value",
+    ),
+    pytest.param(
+        _with(
+            "objectives",
+            [
+                {"metric": "accuracy", "direction": "maximize"},
+                {"metric": "loss", "direction": "minimize"},
+            ],
+        ),
+        "pruner",
+        "multi-objective study cannot prune",
+        id="pruner-on-multi-objective",
+    ),
+    pytest.param(
+        _with("objectives.0.metric", "f1"),
+        "objectives.0.metric",
+        "task 'digits' produces ['accuracy', 'loss'], not 'f1'",
+        id="unknown-metric",
+    ),
+    pytest.param(
+        _with("task", "imagenet"),
+        "task",
+        "unknown task 'imagenet'; registered tasks: digits",
+        id="unknown-task",
+    ),
+    pytest.param(
+        _with("enqueue_trials", [{"lr": 0.5}]),
+        "enqueue_trials.0.lr",
+        "outside [1e-05, 0.3]",
+        id="enqueued-outside",
+    ),
+    pytest.param(
+        _with("enqueue_trials", [{"optimizer": "rmsprop"}]),
+        "enqueue_trials.0.optimizer",
+        "not one of the choices",
+        id="enqueued-bad-choice",
+    ),
+    pytest.param(
+        _with("enqueue_trials", [{"momentum": 0.9}]),
+        "enqueue_trials.0.momentum",
+        "not in the search space",
+        id="enqueued-unknown-param",
+    ),
+    pytest.param(
+        _with("enqueue_trials", [{"hidden": 20}]),
+        "enqueue_trials.0.hidden",
+        "not on the grid",
+        id="enqueued-off-grid",
+    ),
+    pytest.param(
+        _with("enqueue_trials", [{"lr": [0.1]}]),
+        "enqueue_trials.0.lr",
+        "must be a number",
+        id="enqueued-non-scalar",
+    ),
+    pytest.param(_with("name", "-leading-dash"), "name", "should match pattern", id="name-dash"),
+    pytest.param(_with("name", "has space"), "name", "should match pattern", id="name-space"),
+    pytest.param(_with("name", "x" * 65), "name", "", id="name-too-long"),
+    pytest.param(_with("name", "a/b"), "name", "should match pattern", id="name-slash"),
+    pytest.param(_with("n_trials", 0), "n_trials", "greater than or equal to 1", id="n_trials-0"),
+    pytest.param(
+        _with("task_args", {"epochz": 3}),
+        "task_args.epochz",
+        "unknown argument",
+        id="unknown-task-arg",
+    ),
+    pytest.param(
+        _with("task_args", {"epochs": "ten"}), "task_args.epochs", "must be int", id="task-arg-type"
+    ),
+    pytest.param(
+        _with("workers.gpus_per_worker", 1),
+        "workers.gpus_per_worker",
+        "1 GPUs per worker asked, this service has 0",
+        id="no-gpus",
+    ),
+    pytest.param(
+        _with("surprise", True), "surprise", "Extra inputs are not permitted", id="unknown-field"
+    ),
+    pytest.param(
+        _with("search_space.momentum", {"type": "float", "low": 0.0, "high": 0.99}),
+        "search_space.momentum",
+        "task 'digits' has no parameter 'momentum'",
+        id="unknown-task-parameter",
+    ),
+]
+
+
+def _nothing_written(settings: Settings) -> None:
+    engine = make_engine(settings.database_url)
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(StudyRow)) == 0
+        assert conn.scalar(select(func.count()).select_from(WorkerRow)) == 0
+    engine.dispose()
+    assert optuna.get_all_study_names(optuna_storage(settings.database_url)) == []
+
+
+@pytest.mark.parametrize(("spec", "field", "reason"), BAD)
+def test_bad_spec_is_422_naming_the_field(
+    client: TestClient, settings: Settings, spec: dict[str, Any], field: str, reason: str
+) -> None:
+    response = client.post("/studies", json=spec)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["code"] in ("invalid_spec", "invalid_request")
+    fields = {e["field"]: e["message"] for e in body["errors"]}
+    assert field in fields, body
+    assert reason in fields[field], body
+    assert field in body["detail"]
+    _nothing_written(settings)
+
+
+def test_good_spec_is_created_with_defaults_filled(client: TestClient) -> None:
+    response = client.post("/studies", json={"name": "defaults", "task": "synthetic"})
+    assert response.status_code == 201, response.text
+    study = response.json()
+    spec = study["spec"]
+    assert spec["sampler"] == {"name": "TPESampler", "args": {}}
+    assert spec["pruner"] == {"name": "MedianPruner", "args": {}}
+    assert spec["workers"] == {"count": 1, "gpus_per_worker": 0, "launcher": "local"}
+    assert spec["objectives"] == [{"metric": "loss", "direction": "minimize"}]
+    assert set(spec["search_space"]) == {"x", "y"}
+    assert study["directions"] == ["minimize"]
+    assert study["status"] == "running"
+
+
+def test_full_example_spec_is_accepted_and_warm_starts_enqueued(client: TestClient) -> None:
+    response = client.post("/studies", json=GOOD)
+    assert response.status_code == 201, response.text
+    assert response.json()["counts"]["WAITING"] == 1
+
+
+def test_multi_objective_without_pruner_is_accepted(client: TestClient) -> None:
+    spec = _with(
+        "objectives",
+        [
+            {"metric": "accuracy", "direction": "maximize"},
+            {"metric": "loss", "direction": "minimize"},
+        ],
+    )
+    spec.pop("pruner")
+    response = client.post("/studies", json=spec)
+    assert response.status_code == 201, response.text
+    assert response.json()["spec"]["pruner"] is None
+    assert response.json()["directions"] == ["maximize", "minimize"]
+
+
+def test_existing_name_is_409_and_changes_nothing(client: TestClient, settings: Settings) -> None:
+    assert client.post("/studies", json=GOOD).status_code == 201
+    again = client.post(
+        "/studies",
+        json={
+            **GOOD,
+            "task": "synthetic",
+            "search_space": None,
+            "objectives": None,
+            "enqueue_trials": [],
+        },
+    )
+    assert again.status_code == 409
+    assert again.json()["code"] == "conflict"
+    assert "exists" in again.json()["detail"]
+    study = client.get("/studies/digits-demo").json()
+    assert study["task"] == "digits"
+    assert study["counts"]["WAITING"] == 1
+
+
+def test_optuna_study_of_that_name_is_409(client: TestClient, settings: Settings) -> None:
+    optuna.create_study(study_name="digits-demo", storage=optuna_storage(settings.database_url))
+    response = client.post("/studies", json=GOOD)
+    assert response.status_code == 409
+    assert "Optuna study named 'digits-demo' exists" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/studies/nope", "/studies/nope/trials", "/studies/nope/best"])
+def test_unknown_study_is_404(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 404
+    assert response.json() == {"code": "not_found", "detail": "no study named 'nope'", "errors": []}
+
+
+def test_stop_unknown_study_is_404(client: TestClient) -> None:
+    assert client.post("/studies/nope/stop").status_code == 404
+
+
+def test_malformed_json_is_422_not_500(client: TestClient, settings: Settings) -> None:
+    response = client.post(
+        "/studies", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json()["code"] == "invalid_request"
+    _nothing_written(settings)
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=1001", "offset=-1", "state=DONE"])
+def test_bad_query_parameters_are_422(client: TestClient, query: str) -> None:
+    client.post("/studies", json={"name": "q", "task": "synthetic"})
+    path = "/studies/q/trials" if "state" in query else "/studies"
+    response = client.get(f"{path}?{query}")
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] in ("limit", "offset", "state")
