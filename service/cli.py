@@ -1,4 +1,4 @@
-"""`helios-hpo serve | worker | submit | studies | db upgrade`."""
+"""`helios-hpo serve | worker | dashboard | submit | studies | db upgrade`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,30 @@ def _serve(args: argparse.Namespace) -> int:
     port = args.port or settings.port
     upgrade(settings.database_url)
     print(f"helios-hpo: database {redact_url(settings.database_url)}, data in {settings.data_dir}")
+    if args.dashboard_port is not None:
+        from service.dashboard import start_dashboard
+
+        start_dashboard(settings.database_url, host, args.dashboard_port)
+        print(f"helios-hpo: optuna-dashboard on http://{host}:{args.dashboard_port}")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from service.dashboard import start_dashboard
+    from service.db import redact_url
+    from service.settings import get_settings
+
+    settings = get_settings()
+    server = start_dashboard(settings.database_url, args.host, args.port)
+    print(
+        f"helios-hpo: optuna-dashboard on http://{args.host}:{server.server_port} "
+        f"for {redact_url(settings.database_url)}; Ctrl-C stops it"
+    )
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.shutdown()
     return 0
 
 
@@ -122,7 +146,17 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the API and the worker supervisor")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument(
+        "--dashboard-port",
+        type=int,
+        help="also serve optuna-dashboard on this port (on --host)",
+    )
     serve.set_defaults(func=_serve)
+
+    dashboard = sub.add_parser("dashboard", help="serve optuna-dashboard on the database")
+    dashboard.add_argument("--host", default="127.0.0.1")
+    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.set_defaults(func=_dashboard)
 
     worker = sub.add_parser("worker", help="run trials of a study until its budget is spent")
     worker.add_argument("--study", required=True)

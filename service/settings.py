@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
@@ -44,6 +44,16 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [int(part) for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _grace_exceeds_interval(self) -> Settings:
+        if self.heartbeat_grace_s <= self.heartbeat_interval_s:
+            raise ValueError(
+                f"HELIOS_HPO_HEARTBEAT_GRACE_S ({self.heartbeat_grace_s}) must exceed "
+                f"HELIOS_HPO_HEARTBEAT_INTERVAL_S ({self.heartbeat_interval_s}): a live "
+                "trial's first heartbeat comes one interval after it starts"
+            )
+        return self
 
 
 @lru_cache(maxsize=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +50,8 @@ __all__ = [
     "stop_study",
     "update_study",
 ]
+
+log = logging.getLogger("helios_hpo.studies")
 
 
 def create_study(
@@ -359,10 +362,11 @@ def sweep_stale_trials(
 ) -> None:
     """Fail trials whose worker died (the storage's callback queues their retries).
 
-    A RUNNING trial that never sent a heartbeat gets one now, so that Optuna's own
-    stale check fails it one grace period later instead of never. Failing and
-    queueing the retry hold the study's lock, so that no worker takes the freed
-    budget slot for a new trial in between.
+    Optuna's own stale check skips RUNNING trials that never sent a heartbeat (a
+    worker's first one comes one interval into the trial); those are failed here
+    once they started more than ``grace_s`` ago. Failing and queueing the retry
+    hold the study's lock, so that no worker takes the freed budget slot for a
+    new trial in between.
     """
     with session_scope(sessions) as session:
         row_id = session.scalar(select(StudyRow.id).where(StudyRow.name == study.study_name))
@@ -370,9 +374,16 @@ def sweep_stale_trials(
         silent = trials.silent_running_trials(session, study_id, grace_s) if study_id else []
     if row_id is None:
         return
-    for trial_id in silent:  # after our session: SQLite has one writer
-        storage.record_heartbeat(trial_id)
-    with study_lock(engine, row_id):
+    with study_lock(engine, row_id):  # after our session: SQLite has one writer
+        retry = storage.get_heartbeat_stale_trial_callback()
+        for trial_id in silent:
+            try:
+                storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # it finished in the meantime
+            log.warning("trial id %s sent no heartbeat for %s s; failed it", trial_id, grace_s)
+            if retry is not None:
+                retry(study, storage.get_trial(trial_id))
         optuna.storages.fail_stale_trials(study)
 
 

@@ -82,6 +82,7 @@ class Supervisor:
         self._sessions = session_factory
         self._storage = storage
         self._launcher = launcher
+        launcher.on_exit = self.wake  # a worker's exit is reconciled at once
         self._gpus = gpus
         self._interval_s = interval_s
         self._stop_timeout_s = stop_timeout_s

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Float,
     Integer,
     MetaData,
+    Select,
     String,
     Table,
     Text,
@@ -34,7 +35,9 @@ __all__ = [
     "TRIAL_STATES",
     "best_trials",
     "budget_used",
+    "budget_used_query",
     "optuna_study_id",
+    "reserved_trial",
     "silent_running_trials",
     "study_directions",
     "trial_counts",
@@ -148,14 +151,36 @@ def trial_counts(session: Session, study_id: int) -> dict[str, int]:
     return counts
 
 
-def budget_used(session: Session, study_id: int) -> int:
-    """Trials that count against ``n_trials``: finished COMPLETE or PRUNED, or RUNNING."""
-    count = session.scalar(
+def budget_used_query(study_id: int) -> Select[int]:
+    """A query counting the trials that count against ``n_trials``."""
+    return (
         select(func.count())
         .select_from(trials)
         .where(trials.c.study_id == study_id, trials.c.state.in_(BUDGET_STATES))
     )
-    return int(count or 0)
+
+
+def budget_used(session: Session, study_id: int) -> int:
+    """Trials that count against ``n_trials``: finished COMPLETE or PRUNED, or RUNNING."""
+    return int(session.scalar(budget_used_query(study_id)) or 0)
+
+
+def reserved_trial(session: Session, study_id: int, number: int) -> tuple[int, list[int]]:
+    """Trial ``number``'s id and its retry history (earlier trials it retries), in one query."""
+    history = (
+        select(trial_system_attributes.c.value_json)
+        .where(
+            trial_system_attributes.c.trial_id == trials.c.trial_id,
+            trial_system_attributes.c.key == "retry_history",
+        )
+        .scalar_subquery()
+    )
+    trial_id, raw = session.execute(
+        select(trials.c.trial_id, history).where(
+            trials.c.study_id == study_id, trials.c.number == number
+        )
+    ).one()
+    return int(trial_id), [int(n) for n in json.loads(raw)] if raw else []
 
 
 def silent_running_trials(session: Session, study_id: int, older_than_s: float) -> list[int]:

@@ -34,7 +34,7 @@ from service.db import (
     session_scope,
     study_lock,
 )
-from service.models import StudyStatus, WorkerRow, WorkerState, seconds_since
+from service.models import StudyRow, StudyStatus, WorkerRow, WorkerState, seconds_since
 from service.schemas import StudySpec
 from service.settings import Settings
 from service.space import build_pruner, build_sampler
@@ -124,7 +124,7 @@ def _configure_logging(worker_id: int) -> None:
 
 
 class _Heartbeat:
-    """Records a running trial's heartbeat now and every ``interval_s``, in a thread.
+    """Records a running trial's heartbeat every ``interval_s``, in a thread.
 
     Uses Optuna's public storage API.
     """
@@ -149,13 +149,12 @@ class _Heartbeat:
         self._thread.join()
 
     def _run(self) -> None:
-        while True:
+        # The first beat comes one interval in; until then the sweep goes by the start time.
+        while not self._stop.wait(self._interval_s):
             try:
                 self._storage.record_heartbeat(self._trial_id)
             except Exception:
                 log.warning("heartbeat failed; retrying", exc_info=True)
-            if self._stop.wait(self._interval_s):
-                return
 
 
 class _Worker:
@@ -206,14 +205,7 @@ class _Worker:
                         .where(WorkerRow.id == self.worker_id)
                         .values(trials_run=self.trials_run)
                     )
-                row = get_study(session, self.name)
-                status, spec, created_at = (
-                    row.status,
-                    StudySpec.model_validate(row.spec),
-                    row.created_at,
-                )
-                used = trials.budget_used(session, self.optuna_id)
-                older = session.scalar(
+                older = (
                     select(func.count())
                     .select_from(WorkerRow)
                     .where(
@@ -221,7 +213,23 @@ class _Worker:
                         WorkerRow.state == WorkerState.RUNNING,
                         WorkerRow.id < self.worker_id,
                     )
+                    .scalar_subquery()
                 )
+                # One round trip: the live spec, status and budget used.
+                found = session.execute(
+                    select(
+                        StudyRow.status,
+                        StudyRow.spec,
+                        StudyRow.created_at,
+                        trials.budget_used_query(self.optuna_id).scalar_subquery(),
+                        older,
+                    ).where(StudyRow.id == self.row_id)
+                ).one_or_none()
+            if found is None:
+                log.info("study was deleted; stopping")
+                return None
+            status, raw_spec, created_at, used, older_workers = found
+            spec = StudySpec.model_validate(raw_spec)
             # Budget first: the supervisor may already have marked a spent study finished.
             if used >= spec.n_trials:
                 log.info("budget of %s trials spent; exiting", spec.n_trials)
@@ -229,7 +237,7 @@ class _Worker:
             if status != StudyStatus.RUNNING:
                 log.info("study is %s; stopping", status)
                 return None
-            if (older or 0) >= spec.workers.count:
+            if older_workers >= spec.workers.count:
                 log.info("workers.count is %s and older workers run; retiring", spec.workers.count)
                 return None
             if spec.timeout_s is not None and seconds_since(created_at) >= spec.timeout_s:
@@ -267,14 +275,11 @@ class _Worker:
                 self.trials_run += 1
 
     def run_trial(self, trial: optuna.Trial) -> None:
-        trial_id = self._db(
-            "reading the trial",
-            lambda: self.storage.get_trial_id_from_study_id_trial_number(
-                self.optuna_id, trial.number
-            ),
-        )
-        attrs = self._db("reading the trial", lambda: self.storage.get_trial_system_attrs(trial_id))
-        history = attrs.get("retry_history", [])
+        def lookup() -> tuple[int, list[int]]:
+            with session_scope(self.sessions) as session:
+                return trials.reserved_trial(session, self.optuna_id, trial.number)
+
+        trial_id, history = self._db("reading the trial", lookup)
         # A retry continues the checkpoints of the first trial of its series.
         origin = history[0] if history else trial.number
         if history:
@@ -336,9 +341,10 @@ class _Worker:
             plugins=plugins,
         )
         trainer.fit(run.model, run.datamodule)
-        start = trainer.resumed_from.global_epoch if trainer.resumed_from else 0
-        trial.set_user_attr("resumed_from_epoch", start)
-        trial.set_user_attr("epochs_trained", trainer.state.global_epoch - start)
+        if trainer.resumed_from:  # a retry that continued from a checkpoint says so
+            start = trainer.resumed_from.global_epoch
+            trial.set_user_attr("resumed_from_epoch", start)
+            trial.set_user_attr("epochs_trained", trainer.state.global_epoch - start)
         plugin.check_pruned()
         missing = [m for m in self.metrics if m not in run.model.metrics]
         if missing:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -26,6 +27,8 @@ class Launcher(Protocol):
     """Starts, watches and stops worker processes."""
 
     name: str
+    # Called, from any thread, when a worker this launcher started ends.
+    on_exit: Callable[[], None] | None
 
     def start(self, study: str, worker_id: int, gpus: list[int]) -> WorkerHandle:
         """Start a worker for ``study``."""

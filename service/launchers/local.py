@@ -8,7 +8,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from service.launchers.base import LOST, WorkerHandle
@@ -56,6 +58,7 @@ class LocalLauncher:
         self.data_dir = data_dir
         self.extra_env = extra_env or {}
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self.on_exit: Callable[[], None] | None = None
 
     def start(self, study: str, worker_id: int, gpus: list[int]) -> WorkerHandle:
         log_path = worker_log_path(self.data_dir, study, worker_id)
@@ -89,12 +92,18 @@ class LocalLauncher:
                 close_fds=True,
             )
         self._children[worker_id] = proc
+        threading.Thread(target=self._watch, args=(proc,), name="worker-exit", daemon=True).start()
         return WorkerHandle(
             host=socket.gethostname(),
             pid=proc.pid,
             pid_start_time=process_start_time(proc.pid),
             log_path=log_path,
         )
+
+    def _watch(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.wait()
+        if self.on_exit is not None:
+            self.on_exit()
 
     def exit_code(self, worker_id: int, pid: int, pid_start_time: float | None) -> int | None:
         child = self._children.get(worker_id)

@@ -55,7 +55,11 @@ def _kill_workers(database_url: str) -> None:
 
 
 def start_service(
-    database_url: str, data_dir: Path, log_path: Path, extra_env: dict[str, str]
+    database_url: str,
+    data_dir: Path,
+    log_path: Path,
+    extra_env: dict[str, str],
+    extra_args: tuple[str, ...] = (),
 ) -> Service:
     """Start `helios-hpo serve` on a free port and wait until it answers /healthz."""
     port = free_port()
@@ -71,7 +75,7 @@ def start_service(
     }
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(port), *extra_args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -108,8 +112,21 @@ def service_env() -> dict[str, str]:
 
 
 @pytest.fixture
-def service(database_url: str, tmp_path: Path, service_env: dict[str, str]) -> Iterator[Service]:
-    svc = start_service(database_url, tmp_path / "data", tmp_path / "service.log", service_env)
+def service_args() -> tuple[str, ...]:
+    """Extra arguments of `helios-hpo serve`; override in a test module."""
+    return ()
+
+
+@pytest.fixture
+def service(
+    database_url: str,
+    tmp_path: Path,
+    service_env: dict[str, str],
+    service_args: tuple[str, ...],
+) -> Iterator[Service]:
+    svc = start_service(
+        database_url, tmp_path / "data", tmp_path / "service.log", service_env, service_args
+    )
     try:
         yield svc
     finally:

@@ -1,0 +1,32 @@
+# The API, the supervisor and the embedded dashboard; no CUDA (the service never trains).
+# Build from the repository root: docker build -f docker/service.Dockerfile -t helios-hpo-service .
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /opt/helios-hpo
+# The CPU build of torch first: the default wheel pulls several GB of CUDA libraries.
+RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.5.1"
+COPY pyproject.toml README.md alembic.ini ./
+COPY helios ./helios
+COPY service ./service
+# The project itself, from this checkout; its dependencies are bounded in pyproject.toml.
+# hadolint ignore=DL3013
+RUN pip install ".[service,dashboard]"
+
+RUN groupadd --gid 10001 helios \
+    && useradd --create-home --uid 10001 --gid 10001 helios \
+    && mkdir -p /data \
+    && chown 10001:10001 /data
+USER 10001:10001
+ENV HELIOS_HPO_DATA_DIR=/data
+VOLUME ["/data"]
+EXPOSE 8000
+
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+
+CMD ["sh", "-c", "helios-hpo db upgrade && exec helios-hpo serve --host 0.0.0.0 --port 8000"]

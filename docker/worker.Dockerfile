@@ -1,0 +1,27 @@
+# A trainer worker on a GPU host: torch with CUDA from the base image, the project on top.
+# Build from the repository root: docker build -f docker/worker.Dockerfile -t helios-hpo-worker .
+FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /opt/helios-hpo
+COPY pyproject.toml README.md alembic.ini ./
+COPY helios ./helios
+COPY service ./service
+# Pin torch to the base image's build so that pip never replaces it.
+RUN python -c "import torch; print('torch==' + torch.__version__)" > /tmp/torch.txt \
+    && pip install --constraint /tmp/torch.txt ".[service]" \
+    && python -c "import torch; assert torch.version.cuda, 'torch lost its CUDA build'"
+
+RUN groupadd --gid 10001 helios \
+    && useradd --create-home --uid 10001 --gid 10001 helios \
+    && mkdir -p /data \
+    && chown 10001:10001 /data
+USER 10001:10001
+ENV HELIOS_HPO_DATA_DIR=/data
+VOLUME ["/data"]
+
+ENTRYPOINT ["helios-hpo", "worker"]

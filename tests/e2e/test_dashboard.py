@@ -1,0 +1,91 @@
+"""optuna-dashboard beside the API (`serve --dashboard-port`), seen in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import Service, wait_for_status
+from tests.support import free_port
+
+ARTIFACTS = Path(os.environ.get("HELIOS_HPO_TEST_ARTIFACTS", "test-artifacts"))
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium, installed here when missing (the machine has no browser)."""
+    if shutil.which("chromium") is None and os.geteuid() == 0:
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"],
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            check=False,
+            capture_output=True,
+        )
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.fail("this test needs Debian's chromium: sudo apt-get install chromium")
+    return path
+
+
+def _page(chromium: str, url: str, *extra: str) -> str:
+    """The page's text after its scripts ran."""
+    result = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,900",
+            "--virtual-time-budget=15000",
+            *extra,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    html = re.sub(r"<style.*?</style>", "", result.stdout, flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+@pytest.fixture
+def dashboard_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def service_args(dashboard_port: int) -> tuple[str, ...]:
+    return ("--dashboard-port", str(dashboard_port))
+
+
+def test_the_dashboard_shows_the_submitted_study(
+    service: Service, dashboard_port: int, chromium: str
+) -> None:
+    name = "seen-in-dashboard"
+    spec = {"name": name, "task": "synthetic", "n_trials": 5}
+    with service.client() as client:
+        assert client.post("/studies", json=spec).status_code == 201
+        assert wait_for_status(client, name, 60, service)["status"] == "finished"
+
+    dashboard = f"http://127.0.0.1:{dashboard_port}"
+    studies = httpx.get(f"{dashboard}/api/studies", timeout=10).json()["study_summaries"]
+    (study,) = [s for s in studies if s["study_name"] == name]
+
+    home = _page(chromium, f"{dashboard}/dashboard", "--dump-dom")
+    assert name in home, home[:2000]
+    trials_url = f"{dashboard}/dashboard/studies/{study['study_id']}/trials"
+    trials = _page(chromium, trials_url, "--dump-dom")
+    assert "5 Trials" in trials, trials[:2000]
+    assert "Trial 4" in trials
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    screenshot = (ARTIFACTS / f"dashboard-{Path(service.database_url).name[:40]}.png").resolve()
+    _page(chromium, trials_url, f"--screenshot={screenshot}")
+    assert screenshot.stat().st_size > 10_000  # a rendered page, not a blank one
