@@ -1,12 +1,19 @@
 """Orchestration overhead: a trivial objective through the service vs raw Optuna processes.
 
 The trivial objective has 2 parameters and reports 10 intermediate values
-to a MedianPruner. (a) runs it in N raw ``study.optimize`` processes sharing
-one budget; (b) submits the same search to the service (the ``synthetic``
-task: 10 validation cycles in a helios Trainer) with N local workers. Both
-use the same database; each time includes starting its processes. Prints
-trials/s of each, the ratio (b)/(a), and the time from POST to the first
-RUNNING trial.
+to a MedianPruner. Three runs share one database, side by side:
+
+(a) ``raw helios``: N raw ``study.optimize`` processes, each trial training the
+    ``synthetic`` task in a helios Trainer with OptunaPlugin, as a user would
+    write it by hand: the same objective the service runs, so (c)/(a) is the
+    service's orchestration overhead;
+(b) ``raw bare``: the same search with the synthetic task's arithmetic as a
+    plain function (no helios): (c)/(b) adds helios' per-trial cost;
+(c) the service: the same search submitted over HTTP, N local workers.
+
+Each time includes starting the processes. Prints trials/s, both ratios,
+the steady ratio (c)/(a) between the first and the last finished trial,
+and the time from POST to the first RUNNING trial.
 
     python bench/orchestration.py --workers 4 --trials 200
     python bench/orchestration.py --database-url postgresql://postgres@127.0.0.1/bench
@@ -48,7 +55,26 @@ def objective(trial: optuna.Trial) -> float:
     return loss
 
 
-def raw_worker(database_url: str, study_name: str, n_trials: int, seed: int) -> None:
+def helios_objective(trial: optuna.Trial) -> float:
+    """The synthetic task trained by helios with OptunaPlugin, written by hand."""
+    from helios import Trainer
+    from helios.plugins.optuna import OptunaPlugin
+    from service.tasks import get_task
+
+    task = get_task("synthetic")
+    plugin = OptunaPlugin(trial, "loss")
+    params = {**task.default_params, **plugin.suggest_all(task.default_search_space)}
+    run = task.build(params, {**task.default_task_args, "epochs": REPORTS})
+    trainer = Trainer(**run.trainer_args, enable_progress_bar=False, plugins=[plugin])
+    trainer.fit(run.model, run.datamodule)
+    plugin.check_pruned()
+    return float(run.model.metrics["loss"])
+
+
+OBJECTIVES = {"bare": objective, "helios": helios_objective}
+
+
+def raw_worker(database_url: str, study_name: str, n_trials: int, kind: str) -> None:
     """One raw Optuna process: optimize until the shared budget is spent."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     from service.db import optuna_storage
@@ -56,26 +82,26 @@ def raw_worker(database_url: str, study_name: str, n_trials: int, seed: int) -> 
     study = optuna.load_study(
         study_name=study_name,
         storage=optuna_storage(database_url),
-        sampler=optuna.samplers.TPESampler(seed=seed),
+        sampler=optuna.samplers.TPESampler(),
         pruner=optuna.pruners.MedianPruner(),
     )
     budget = optuna.study.MaxTrialsCallback(
         n_trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     )
-    study.optimize(objective, callbacks=[budget])
+    study.optimize(OBJECTIVES[kind], callbacks=[budget])
 
 
-def run_raw(database_url: str, name: str, workers: int, n_trials: int) -> float:
+def run_raw(database_url: str, name: str, workers: int, n_trials: int, kind: str) -> float:
     from service.db import optuna_storage
 
     optuna.create_study(study_name=name, storage=optuna_storage(database_url))
     start = time.perf_counter()
     procs = [
         subprocess.Popen(  # noqa: S603
-            [sys.executable, __file__, "_raw", database_url, name, str(n_trials), str(i)],
+            [sys.executable, __file__, "_raw", database_url, name, str(n_trials), kind],
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )
-        for i in range(workers)
+        for _ in range(workers)
     ]
     for proc in procs:
         if proc.wait() != 0:
@@ -188,41 +214,57 @@ def main(argv: list[str] | None = None) -> None:
         upgrade(url)
         rows = []
         with running_service(url, data_dir) as service_url:
-            runs = len(args.workers) * args.rounds * 2
+            runs = len(args.workers) * args.rounds * 3
             with tqdm.tqdm(total=runs, desc="runs", disable=None) as bar:
                 for workers in args.workers:
-                    raw_s, svc_s, first_s, raw_steady, svc_steady = [], [], [], [], []
+                    times: dict[str, list[float]] = {"helios": [], "bare": [], "service": []}
+                    steady: dict[str, list[float]] = {"helios": [], "service": []}
+                    first_s = []
                     for round_ in range(args.rounds):
                         tag = f"w{workers}-r{round_}-{os.getpid()}"
-                        raw_s.append(run_raw(url, f"raw-{tag}", workers, args.trials))
-                        raw_steady.append(steady_rate(url, f"raw-{tag}"))
-                        bar.update(1)
+                        for kind in ("helios", "bare"):
+                            name = f"raw-{kind}-{tag}"
+                            times[kind].append(run_raw(url, name, workers, args.trials, kind))
+                            if kind in steady:
+                                steady[kind].append(steady_rate(url, name))
+                            bar.update(1)
                         elapsed, first = run_service(
                             service_url, f"svc-{tag}", workers, args.trials
                         )
-                        svc_s.append(elapsed)
-                        svc_steady.append(steady_rate(url, f"svc-{tag}"))
+                        times["service"].append(elapsed)
+                        steady["service"].append(steady_rate(url, f"svc-{tag}"))
                         first_s.append(first)
                         bar.update(1)
-                    raw_rate = args.trials / statistics.median(raw_s)
-                    svc_rate = args.trials / statistics.median(svc_s)
-                    steady = statistics.median(svc_steady) / statistics.median(raw_steady)
-                    rows.append(
-                        (workers, raw_rate, svc_rate, svc_rate / raw_rate, steady, max(first_s))
+                    rate = {k: args.trials / statistics.median(v) for k, v in times.items()}
+                    steady_ratio = statistics.median(steady["service"]) / statistics.median(
+                        steady["helios"]
                     )
+                    rows.append((workers, rate, steady_ratio, max(first_s)))
 
     backend = url.split(":", 1)[0]
     print(f"database={backend} trials={args.trials} reports/trial={REPORTS} rounds={args.rounds}")
-    print("trials/s include process start; the steady ratio is first to last finished trial")
-    header = ("workers", "raw trials/s", "service trials/s", "ratio", "steady", "POST->RUNNING s")
-    print("{:>7} {:>13} {:>17} {:>6} {:>6} {:>16}".format(*header))
-    for workers, raw_rate, svc_rate, ratio, steady, first in rows:
-        rates = f"{raw_rate:13.2f} {svc_rate:17.2f}"
-        print(f"{workers:>7} {rates} {ratio:6.2f} {steady:6.2f} {first:16.2f}")
+    print("trials/s include process start; steady = first to last finished trial")
+    print("ratio = service / raw helios (same objective); bare ratio = service / raw bare")
+    header = (
+        "workers",
+        "raw helios/s",
+        "raw bare/s",
+        "service/s",
+        "ratio",
+        "steady",
+        "bare ratio",
+        "POST->RUNNING s",
+    )
+    print("{:>7} {:>12} {:>10} {:>9} {:>6} {:>6} {:>10} {:>15}".format(*header))
+    for workers, rate, steady_ratio, first in rows:
+        ratio = rate["service"] / rate["helios"]
+        bare = rate["service"] / rate["bare"]
+        rates = f"{rate['helios']:12.2f} {rate['bare']:10.2f} {rate['service']:9.2f}"
+        print(f"{workers:>7} {rates} {ratio:6.2f} {steady_ratio:6.2f} {bare:10.2f} {first:15.2f}")
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_raw":
-        raw_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+        raw_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
     else:
         main()

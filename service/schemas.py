@@ -141,7 +141,14 @@ class WorkersSpec(_Strict):
 
     count: int = Field(1, ge=1, le=64)
     gpus_per_worker: int = Field(0, ge=0, le=16)
-    launcher: Literal["local"] = "local"
+    launcher: Literal["local", "docker"] = Field(
+        "local", description="local processes, or containers on HELIOS_HPO_DOCKER_HOSTS"
+    )
+    image: str | None = Field(
+        None,
+        max_length=256,
+        description="docker: the worker image; the operator's default or one they allow",
+    )
 
 
 class StudySpec(_Strict):

@@ -6,10 +6,29 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["DockerHost", "Settings", "get_settings"]
+
+
+class DockerHost(BaseModel):
+    """A Docker engine that runs workers, and the GPUs it offers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64)
+    url: str = Field(description="unix:///var/run/docker.sock, tcp://host:2376 or ssh://user@host")
+    gpus: list[int] = Field(default_factory=list)
+    tls: bool = Field(False, description="verify tcp:// with the certificates in cert_path")
+    cert_path: Path | None = Field(None, description="ca.pem, cert.pem and key.pem for TLS")
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not value.startswith(("unix://", "tcp://", "ssh://")):
+            raise ValueError(f"a Docker URL starts with unix://, tcp:// or ssh://, got {value!r}")
+        return value
 
 
 class Settings(BaseSettings):
@@ -37,6 +56,27 @@ class Settings(BaseSettings):
     db_retry_s: float = Field(
         120.0, gt=0, description="How long workers retry while the database is away."
     )
+    # The Docker launcher (workers.launcher = "docker").
+    docker_hosts: list[DockerHost] = Field(
+        default_factory=list,
+        description='JSON, e.g. [{"name": "gpu1", "url": "ssh://me@gpu1", "gpus": [0, 1]}]',
+    )
+    docker_image: str = "helios-hpo-worker:0.1.0"
+    docker_images: list[str] = Field(
+        default_factory=list, description="Other images a spec may name in workers.image."
+    )
+    docker_network: str | None = None
+    docker_volumes: list[str] = Field(
+        default_factory=lambda: ["helios-hpo_data:/data"],
+        description="Volumes of every worker container, as name:/path.",
+    )
+    docker_env: dict[str, str] = Field(
+        default_factory=dict, description="More environment for worker containers."
+    )
+    docker_database_url: str | None = Field(
+        None, description="The database URL as containers reach it (default: database_url)."
+    )
+    workers_per_gpu: int = Field(1, ge=1, le=64)
 
     @field_validator("gpus", mode="before")
     @classmethod

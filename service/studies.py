@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import shutil
@@ -28,11 +29,14 @@ from service.schemas import (
     StudySummary,
     TrialRead,
     WorkerRead,
+    WorkersSpec,
 )
+from service.settings import Settings
 from service.space import distributions, param_errors, resolve_spec
 from service.tasks import UnknownTaskError, get_task
 
 __all__ = [
+    "WorkerCapacity",
     "create_study",
     "delete_study",
     "enqueue_trials",
@@ -54,12 +58,63 @@ __all__ = [
 log = logging.getLogger("helios_hpo.studies")
 
 
+@dataclasses.dataclass(frozen=True)
+class WorkerCapacity:
+    """Where this service can start workers (from its settings)."""
+
+    local_gpus: int
+    docker_gpus: int | None = None  # the largest Docker host's GPUs; None: no Docker hosts
+    docker_images: frozenset[str] = frozenset()  # images a spec may name
+
+    @classmethod
+    def of(cls, settings: Settings) -> WorkerCapacity:
+        hosts = settings.docker_hosts
+        return cls(
+            local_gpus=len(settings.gpus),
+            docker_gpus=max((len(h.gpus) for h in hosts), default=0) if hosts else None,
+            docker_images=frozenset([settings.docker_image, *settings.docker_images]),
+        )
+
+    def errors(self, workers: WorkersSpec) -> list[tuple[str, str]]:
+        """Why these workers cannot start here: (field, reason) pairs."""
+        if workers.launcher == "local":
+            if workers.image is not None:
+                return [("workers.image", "only containers have an image: set launcher docker")]
+            available, setting = self.local_gpus, "HELIOS_HPO_GPUS"
+        elif self.docker_gpus is None:
+            return [
+                (
+                    "workers.launcher",
+                    "this service has no Docker hosts (set HELIOS_HPO_DOCKER_HOSTS)",
+                )
+            ]
+        elif workers.image is not None and workers.image not in self.docker_images:
+            return [
+                (
+                    "workers.image",
+                    f"{workers.image!r} is not an allowed image; allowed: "
+                    f"{sorted(self.docker_images)} (HELIOS_HPO_DOCKER_IMAGES)",
+                )
+            ]
+        else:
+            available, setting = self.docker_gpus, "HELIOS_HPO_DOCKER_HOSTS"
+        if workers.gpus_per_worker > available:
+            return [
+                (
+                    "workers.gpus_per_worker",
+                    f"{workers.gpus_per_worker} GPUs per worker asked, this service has "
+                    f"{available} (set {setting})",
+                )
+            ]
+        return []
+
+
 def create_study(
     session: Session,
     spec: StudySpec,
     storage: optuna.storages.BaseStorage,
     *,
-    gpus_available: int,
+    capacity: WorkerCapacity,
 ) -> StudyRead:
     """Validate ``spec``, create the Optuna study and the study row, enqueue warm starts.
 
@@ -75,16 +130,8 @@ def create_study(
     except UnknownTaskError as exc:
         raise SpecError([("task", str(exc))]) from None
     resolved = resolve_spec(spec, task)
-    if resolved.workers.gpus_per_worker > gpus_available:
-        raise SpecError(
-            [
-                (
-                    "workers.gpus_per_worker",
-                    f"{resolved.workers.gpus_per_worker} GPUs per worker asked, this service has "
-                    f"{gpus_available} (set HELIOS_HPO_GPUS)",
-                )
-            ]
-        )
+    if errors := capacity.errors(resolved.workers):
+        raise SpecError(errors)
     if session.scalar(select(StudyRow.id).where(StudyRow.name == spec.name)) is not None:
         raise ConflictError(f"a study named {spec.name!r} exists; choose another name")
     if trials.optuna_study_id(session, spec.name) is not None:

@@ -17,6 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import trials
 from service.db import after_commit, session_scope
 from service.launchers.base import LOST, Launcher
+from service.launchers.docker import DockerLauncher
+from service.launchers.gpus import Lease
+from service.launchers.local import LocalLauncher, worker_log_path
 from service.models import StudyRow, StudyStatus, WorkerRow, WorkerState, seconds_since
 from service.schemas import StudySpec
 from service.studies import sweep_stale_trials
@@ -35,6 +38,10 @@ def log_tail(path: str | Path, lines: int) -> list[str]:
             return [line.rstrip("\n") for line in deque(f, maxlen=lines)]
     except FileNotFoundError:
         return []
+
+
+def _lease(worker: WorkerRow) -> Lease:
+    return Lease(worker.host, tuple(int(g) for g in worker.gpus.split(",") if g))
 
 
 def restart_backoff_s(failures: int) -> float:
@@ -71,8 +78,9 @@ class Supervisor:
         engine: Engine,
         session_factory: sessionmaker[Session],
         storage: optuna.storages.RDBStorage,
-        launcher: Launcher,
+        launcher: LocalLauncher,
         *,
+        docker: DockerLauncher | None = None,
         gpus: list[int],
         interval_s: float,
         stop_timeout_s: float,
@@ -83,6 +91,8 @@ class Supervisor:
         self._storage = storage
         self._launcher = launcher
         launcher.on_exit = self.wake  # a worker's exit is reconciled at once
+        self._docker = docker
+        self._orphan_hosts: set[str] | None = None  # Docker hosts not yet cleaned up
         self._gpus = gpus
         self._interval_s = interval_s
         self._stop_timeout_s = stop_timeout_s
@@ -116,8 +126,38 @@ class Supervisor:
             self._wake.wait(self._interval_s)
             self._wake.clear()
 
+    def _launcher_of(self, worker: WorkerRow) -> Launcher:
+        if worker.launcher == "docker":
+            if self._docker is None:
+                raise RuntimeError(
+                    f"worker {worker.id} runs in Docker, but HELIOS_HPO_DOCKER_HOSTS is empty"
+                )
+            return self._docker
+        return self._launcher
+
+    def _adopt_containers(self, session: Session) -> None:
+        """After a (re)start: leases of running containers are held again (once), and
+        containers of no running worker are removed (until every host was reached)."""
+        if self._docker is None:
+            return
+        running = session.scalars(
+            select(WorkerRow).where(
+                WorkerRow.launcher == "docker", WorkerRow.state == WorkerState.RUNNING
+            )
+        ).all()
+        if self._orphan_hosts is None:
+            for worker in running:
+                self._docker.scheduler.restore(_lease(worker))
+            self._orphan_hosts = set(self._docker.hosts)
+        self._orphan_hosts = self._docker.remove_orphans(
+            {w.id for w in running}, self._orphan_hosts
+        )
+
     def tick(self) -> None:
         """One reconciliation pass over every study with live workers or a running status."""
+        if self._orphan_hosts is None or self._orphan_hosts:
+            with session_scope(self._sessions) as session:
+                self._adopt_containers(session)
         with session_scope(self._sessions) as session:
             live = select(WorkerRow.study_id).where(WorkerRow.state == WorkerState.RUNNING)
             rows = session.scalars(
@@ -154,7 +194,13 @@ class Supervisor:
         for worker in row.workers:
             if worker.state != WorkerState.RUNNING or worker.pid is None:
                 continue
-            code = self._launcher.exit_code(worker.id, worker.pid, worker.pid_start_time)
+            try:
+                code = self._launcher_of(worker).exit_code(
+                    worker.id, worker.pid, worker.pid_start_time
+                )
+            except Exception as exc:  # e.g. its Docker host is unreachable: ask again later
+                log.warning("cannot tell whether worker %s runs: %s", worker.id, exc)
+                continue
             if code is None:
                 continue
             worker.exit_code = code
@@ -165,7 +211,7 @@ class Supervisor:
             else:
                 worker.state = WorkerState.FAILED
             worker.ended_at = dt.datetime.now(dt.UTC)
-            self._launcher.forget(worker.id)
+            self._ended(worker)
             log.info("worker %s of %s exited with %s", worker.id, row.name, code)
 
     def _check_running(
@@ -209,6 +255,10 @@ class Supervisor:
             if seconds_since(streak[0].ended_at) < wait_s:
                 return  # back off before restarting a crashing worker
         for _ in range(spec.workers.count - running):
+            if spec.workers.launcher == "docker":
+                if not self._start_container(session, row, spec):
+                    return
+                continue
             gpus = self._lease_gpus(session, spec.workers.gpus_per_worker)
             if gpus is None:
                 log.info("study %s waits for %s free GPUs", row.name, spec.workers.gpus_per_worker)
@@ -229,6 +279,46 @@ class Supervisor:
             session.commit()
             log.info("started worker %s (pid %s) for %s", worker.id, handle.pid, row.name)
 
+    def _start_container(self, session: Session, row: StudyRow, spec: StudySpec) -> bool:
+        """Start one worker container; False when the study must wait or cannot start one."""
+        if self._docker is None:
+            self._end(
+                row,
+                StudyStatus.FAILED,
+                "workers.launcher is docker, but HELIOS_HPO_DOCKER_HOSTS is empty on this service",
+            )
+            return False
+        lease = self._docker.scheduler.lease(spec.workers.gpus_per_worker)
+        if lease is None:
+            log.info("study %s waits for %s free GPUs", row.name, spec.workers.gpus_per_worker)
+            return False
+        worker = WorkerRow(
+            study_id=row.id,
+            launcher="docker",
+            host=lease.host,
+            log_path="",
+            gpus=",".join(map(str, lease.gpus)),
+        )
+        row.workers.append(worker)
+        session.flush()
+        try:
+            handle = self._docker.start_leased(row.name, worker.id, lease, spec.workers.image)
+        except Exception as exc:
+            # Counted like a crash: restarts back off, max_restarts fails the study.
+            self._docker.scheduler.release(lease)
+            path = worker_log_path(self._docker.data_dir, row.name, worker.id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"could not start a container on {lease.host}: {exc}\n")
+            worker.state, worker.exit_code, worker.log_path = WorkerState.FAILED, -1, str(path)
+            worker.ended_at = dt.datetime.now(dt.UTC)
+            session.commit()
+            log.warning("worker %s of %s did not start: %s", worker.id, row.name, exc)
+            return False
+        worker.pid, worker.log_path = handle.pid, str(handle.log_path)
+        session.commit()
+        log.info("started container worker %s on %s for %s", worker.id, lease.host, row.name)
+        return True
+
     def _lease_gpus(self, session: Session, count: int) -> list[int] | None:
         if count == 0:
             return []
@@ -243,13 +333,18 @@ class Supervisor:
         free = [g for g in self._gpus if g not in used]
         return free[:count] if len(free) >= count else None
 
+    def _ended(self, worker: WorkerRow) -> None:
+        """Drop an ended worker from its launcher; its GPUs are free again."""
+        self._launcher_of(worker).forget(worker.id)
+        if worker.launcher == "docker" and self._docker is not None:
+            self._docker.scheduler.release(_lease(worker))
+
     def _stop_worker(self, worker: WorkerRow) -> None:
         if worker.pid is not None:
-            self._launcher.stop(worker.id, worker.pid, worker.pid_start_time, self._stop_timeout_s)
-            worker.exit_code = self._launcher.exit_code(
-                worker.id, worker.pid, worker.pid_start_time
-            )
-            self._launcher.forget(worker.id)
+            launcher = self._launcher_of(worker)
+            launcher.stop(worker.id, worker.pid, worker.pid_start_time, self._stop_timeout_s)
+            worker.exit_code = launcher.exit_code(worker.id, worker.pid, worker.pid_start_time)
+            self._ended(worker)
         worker.state = WorkerState.STOPPED
         worker.ended_at = dt.datetime.now(dt.UTC)
 

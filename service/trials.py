@@ -26,6 +26,7 @@ from sqlalchemy import (
     func,
     select,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from service.schemas import TrialRead
@@ -165,7 +166,7 @@ def budget_used(session: Session, study_id: int) -> int:
     return int(session.scalar(budget_used_query(study_id)) or 0)
 
 
-def reserved_trial(session: Session, study_id: int, number: int) -> tuple[int, list[int]]:
+def reserved_trial(conn: Session | Connection, study_id: int, number: int) -> tuple[int, list[int]]:
     """Trial ``number``'s id and its retry history (earlier trials it retries), in one query."""
     history = (
         select(trial_system_attributes.c.value_json)
@@ -175,7 +176,7 @@ def reserved_trial(session: Session, study_id: int, number: int) -> tuple[int, l
         )
         .scalar_subquery()
     )
-    trial_id, raw = session.execute(
+    trial_id, raw = conn.execute(
         select(trials.c.trial_id, history).where(
             trials.c.study_id == study_id, trials.c.number == number
         )

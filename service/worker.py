@@ -5,6 +5,7 @@ torch and helios are imported when the first trial starts, so an idle worker sta
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
@@ -15,7 +16,7 @@ import threading
 import time
 import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -124,37 +125,43 @@ def _configure_logging(worker_id: int) -> None:
 
 
 class _Heartbeat:
-    """Records a running trial's heartbeat every ``interval_s``, in a thread.
+    """One thread for the worker's life: records the running trial's heartbeat every interval.
 
-    Uses Optuna's public storage API.
+    A trial's first beat comes within one interval of its start (the stale sweep
+    allows for that). Uses Optuna's public storage API.
     """
 
-    def __init__(
-        self, storage: optuna.storages.RDBStorage, trial_id: int, interval_s: float
-    ) -> None:
-        self._storage, self._trial_id, self._interval_s = storage, trial_id, interval_s
+    def __init__(self, storage: optuna.storages.RDBStorage, interval_s: float) -> None:
+        self._storage, self._interval_s = storage, interval_s
+        self._trial: tuple[int, int] | None = None  # (trial id, number)
         self._stop = threading.Event()
-        # The thread's log lines carry the trial number too.
-        context = contextvars.copy_context()
-        self._thread = threading.Thread(
-            target=context.run, args=(self._run,), name="heartbeat", daemon=True
-        )
-
-    def __enter__(self) -> _Heartbeat:
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
         self._thread.start()
-        return self
 
-    def __exit__(self, *_: object) -> None:
+    @contextlib.contextmanager
+    def beating(self, trial_id: int, number: int) -> Iterator[None]:
+        """Beat for this trial while the block runs."""
+        self._trial = (trial_id, number)
+        try:
+            yield
+        finally:
+            self._trial = None
+
+    def close(self) -> None:
         self._stop.set()
-        self._thread.join()
 
     def _run(self) -> None:
-        # The first beat comes one interval in; until then the sweep goes by the start time.
         while not self._stop.wait(self._interval_s):
+            trial = self._trial
+            if trial is None:
+                continue
+            token = _current_trial.set(trial[1])  # the log line names the trial
             try:
-                self._storage.record_heartbeat(self._trial_id)
+                self._storage.record_heartbeat(trial[0])
             except Exception:
                 log.warning("heartbeat failed; retrying", exc_info=True)
+            finally:
+                _current_trial.reset(token)
 
 
 class _Worker:
@@ -184,6 +191,7 @@ class _Worker:
             pruner=build_pruner(self.spec.pruner),
         )
         self.optuna_id = self.storage.get_study_id_from_name(study_name)
+        self.heartbeat = _Heartbeat(self.storage, settings.heartbeat_interval_s)
         self.task: Task = get_task(self.spec.task)
         self.metrics = [o.metric for o in self.spec.objectives or []]
         self.space = {
@@ -198,9 +206,9 @@ class _Worker:
         PATCH take effect at the next trial.
         """
         with study_lock(self.engine, self.row_id):
-            with session_scope(self.sessions) as session:
+            with self.engine.begin() as conn:  # Core, not the ORM: this runs once per trial
                 if self.trials_run:
-                    session.execute(
+                    conn.execute(
                         update(WorkerRow)
                         .where(WorkerRow.id == self.worker_id)
                         .values(trials_run=self.trials_run)
@@ -216,7 +224,7 @@ class _Worker:
                     .scalar_subquery()
                 )
                 # One round trip: the live spec, status and budget used.
-                found = session.execute(
+                found = conn.execute(
                     select(
                         StudyRow.status,
                         StudyRow.spec,
@@ -276,8 +284,8 @@ class _Worker:
 
     def run_trial(self, trial: optuna.Trial) -> None:
         def lookup() -> tuple[int, list[int]]:
-            with session_scope(self.sessions) as session:
-                return trials.reserved_trial(session, self.optuna_id, trial.number)
+            with self.engine.connect() as conn:
+                return trials.reserved_trial(conn, self.optuna_id, trial.number)
 
         trial_id, history = self._db("reading the trial", lookup)
         # A retry continues the checkpoints of the first trial of its series.
@@ -286,7 +294,7 @@ class _Worker:
             log.info("trial started: retry %d of trial %d", len(history), origin)
         else:
             log.info("trial started")
-        with _Heartbeat(self.storage, trial_id, self.settings.heartbeat_interval_s):
+        with self.heartbeat.beating(trial_id, trial.number):
             try:
                 values = self._train(trial, origin)
             except optuna.TrialPruned as exc:
@@ -375,7 +383,10 @@ def run_worker(study_name: str, worker_id: int, settings: Settings) -> int:
         worker = with_db_retries(
             "starting", lambda: _Worker(study_name, worker_id, settings), settings.db_retry_s
         )
-        worker.run()
+        try:
+            worker.run()
+        finally:
+            worker.heartbeat.close()
     except WorkerStopped:
         log.info("stopped by SIGTERM")
         return 0

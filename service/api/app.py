@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from service.api.errors import install_error_handlers
 from service.api.routes import studies, tasks, workers
 from service.db import make_engine, make_session_factory, optuna_storage
+from service.launchers.docker import docker_launcher
 from service.launchers.local import LocalLauncher
 from service.settings import Settings, get_settings
 from service.studies import retry_failed_trial
@@ -35,12 +36,14 @@ def create_app(settings: Settings | None = None, *, supervise: bool = True) -> F
             stale_trial_callback=retry_failed_trial(app.state.sessions),
         )
         app.state.supervisor = None
+        app.state.docker = docker_launcher(settings) if settings.docker_hosts else None
         if supervise:
             app.state.supervisor = Supervisor(
                 engine,
                 app.state.sessions,
                 app.state.storage,
                 LocalLauncher(settings.database_url, settings.data_dir.resolve()),
+                docker=app.state.docker,
                 gpus=settings.gpus,
                 interval_s=settings.supervisor_interval_s,
                 stop_timeout_s=settings.worker_stop_timeout_s,

@@ -24,15 +24,11 @@ class WorkerHandle:
 
 
 class Launcher(Protocol):
-    """Starts, watches and stops worker processes."""
+    """Watches and stops the workers it started (how it starts them is its own)."""
 
     name: str
     # Called, from any thread, when a worker this launcher started ends.
     on_exit: Callable[[], None] | None
-
-    def start(self, study: str, worker_id: int, gpus: list[int]) -> WorkerHandle:
-        """Start a worker for ``study``."""
-        ...
 
     def exit_code(self, worker_id: int, pid: int, pid_start_time: float | None) -> int | None:
         """The exit code; None while it runs, negative for a signal, LOST when unknown."""

@@ -34,9 +34,11 @@ def test_orchestration_small_run_prints_rates_and_start_latency() -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     rows = [line.split() for line in proc.stdout.splitlines() if line.strip()[:1].isdigit()]
     assert [r[0] for r in rows] == ["1", "2"]
-    for _, raw_rate, service_rate, ratio, steady_ratio, first_running in rows:
-        assert float(raw_rate) > 0
+    for _, raw_helios, raw_bare, service_rate, ratio, steady, bare_ratio, first in rows:
+        assert float(raw_helios) > 0
+        assert float(raw_bare) > 0
         assert float(service_rate) > 0
         assert float(ratio) > 0
-        assert float(steady_ratio) > 0
-        assert float(first_running) > 0
+        assert float(bare_ratio) > 0
+        assert float(steady) > 0
+        assert float(first) > 0

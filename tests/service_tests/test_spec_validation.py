@@ -248,7 +248,7 @@ def test_good_spec_is_created_with_defaults_filled(client: TestClient) -> None:
     spec = study["spec"]
     assert spec["sampler"] == {"name": "TPESampler", "args": {}}
     assert spec["pruner"] == {"name": "MedianPruner", "args": {}}
-    assert spec["workers"] == {"count": 1, "gpus_per_worker": 0, "launcher": "local"}
+    assert spec["workers"] == {"count": 1, "gpus_per_worker": 0, "launcher": "local", "image": None}
     assert spec["objectives"] == [{"metric": "loss", "direction": "minimize"}]
     assert set(spec["search_space"]) == {"x", "y"}
     assert study["directions"] == ["minimize"]

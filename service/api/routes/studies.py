@@ -37,7 +37,9 @@ def create_study(
     spec: StudySpec, session: SessionDep, storage: StorageDep, settings: SettingsDep
 ) -> StudyRead:
     """Create a study and start its workers."""
-    return studies.create_study(session, spec, storage, gpus_available=len(settings.gpus))
+    return studies.create_study(
+        session, spec, storage, capacity=studies.WorkerCapacity.of(settings)
+    )
 
 
 @router.get("", response_model=Page[StudySummary], responses=_ERRORS)

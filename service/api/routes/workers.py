@@ -52,15 +52,44 @@ def worker_logs(
     """The last ``tail`` lines of a worker's log; ``follow=true`` streams new lines."""
     worker = studies.get_worker(session, worker_id)
     path = Path(worker.log_path)
-    if not follow:
+    sessions = request.app.state.sessions
+    # A running container's log comes from the Docker API; an ended one's was kept in a file.
+    docker = request.app.state.docker if worker.launcher == "docker" else None
+    if docker is not None and worker.state == WorkerState.RUNNING:
+        if not follow:
+            lines = docker.logs(worker_id) or log_tail(path, 1_000_000)
+            return LogRead(
+                worker=worker_id, state=worker.state, lines=_of_trial(lines, trial)[-tail:]
+            )
+        stream = _follow_container(docker, path, worker_id, sessions, trial, tail)
+    elif not follow:
         lines = log_tail(path, tail if trial is None else 1_000_000)
         return LogRead(worker=worker_id, state=worker.state, lines=_of_trial(lines, trial)[-tail:])
-    sessions = request.app.state.sessions
+    else:
+        stream = _follow(path, worker_id, sessions, trial, tail)
     return StreamingResponse(
-        _follow(path, worker_id, sessions, trial, tail),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache"},
+        stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
     )
+
+
+async def _follow_container(
+    docker: Any, path: Path, worker_id: int, sessions: Any, trial: int | None, tail: int
+) -> AsyncIterator[str]:
+    """Like ``_follow``, reading the container's log through the Docker API."""
+    sent: int | None = None
+    while True:
+        ended = await asyncio.to_thread(_worker_ended, sessions, worker_id)
+        lines = await asyncio.to_thread(docker.logs, worker_id)
+        if lines is None:  # removed once ended; its log was kept in the file
+            lines = log_tail(path, 1_000_000)
+        new = lines[sent:] if sent is not None else _of_trial(lines, trial)[-tail:]
+        for line in new if sent is None else _of_trial(new, trial):
+            yield f"data: {line}\n\n"
+        sent = len(lines)
+        if ended:
+            yield "event: end\ndata: worker ended\n\n"
+            return
+        await asyncio.sleep(_POLL_S)
 
 
 async def _follow(
