@@ -190,7 +190,7 @@ def run_service(url: str, name: str, workers: int, n_trials: int) -> tuple[float
             if study["status"] != "running":
                 break
             # Fine polling only until the first trial runs: polls load the database too.
-            time.sleep(0.01 if first_running is None else 0.1)
+            time.sleep(0.01 if first_running is None else 0.5)
         elapsed = time.perf_counter() - start
         if study["status"] != "finished":
             raise SystemExit(f"study {name} ended {study['status']}: {study['status_reason']}")

@@ -340,6 +340,9 @@ class _Worker:
         plugins: list[Plugin] = [plugin]
         if torch.cuda.is_available():
             plugins.append(CUDAPlugin())
+        if not self.trials_run:
+            device = torch.cuda.get_device_name() if torch.cuda.is_available() else "the CPU"
+            log.info("training on %s", device)
         trainer_args = {"chkpt_frequency": 1, "keep_last_checkpoints": 1, **run.trainer_args}
         trainer = Trainer(
             **trainer_args,

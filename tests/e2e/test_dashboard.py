@@ -20,13 +20,13 @@ ARTIFACTS = Path(os.environ.get("HELIOS_HPO_TEST_ARTIFACTS", "test-artifacts"))
 @pytest.fixture(scope="session")
 def chromium() -> str:
     """Debian's Chromium, installed here when missing (the machine has no browser)."""
-    if shutil.which("chromium") is None and os.geteuid() == 0:
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"],
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-            check=False,
-            capture_output=True,
-        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
+    for step in ([install], [["apt-get", "update", "-q"], install]):  # then with fresh lists
+        if shutil.which("chromium") is not None or os.geteuid() != 0:
+            break
+        for command in step:
+            subprocess.run(command, env=env, check=False, capture_output=True, timeout=600)
     path = shutil.which("chromium")
     if path is None:
         pytest.fail("this test needs Debian's chromium: sudo apt-get install chromium")
