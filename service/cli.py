@@ -9,11 +9,47 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 __all__ = ["main"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _tokens(settings: Settings) -> dict[str, str] | None:
+    """The configured API tokens, or None (and why) when they cannot be read."""
+    try:
+        return settings.tokens()
+    except ValueError as exc:
+        print(f"helios-hpo: {exc}", file=sys.stderr)
+        return None
+
+
+def _exposure_refused(host: str, tokens: dict[str, str], insecure: bool) -> bool:
+    """True (and says why) when ``host`` is beyond loopback and nothing guards it."""
+    if tokens or insecure or _loopback(host):
+        return False
+    print(
+        f"helios-hpo: refusing to listen on {host} without API tokens: anyone who can reach "
+        "it could start workers. Set HELIOS_HPO_API_TOKENS (e.g. write:$(openssl rand -hex "
+        "24)) or HELIOS_HPO_API_TOKENS_FILE, or pass --insecure on a trusted network.",
+        file=sys.stderr,
+    )
+    return True
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -27,12 +63,15 @@ def _serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     host = args.host or settings.host
     port = args.port or settings.port
+    tokens = _tokens(settings)
+    if tokens is None or _exposure_refused(host, tokens, args.insecure):
+        return 2
     upgrade(settings.database_url)
     print(f"helios-hpo: database {redact_url(settings.database_url)}, data in {settings.data_dir}")
     if args.dashboard_port is not None:
         from service.dashboard import start_dashboard
 
-        start_dashboard(settings.database_url, host, args.dashboard_port)
+        start_dashboard(settings.database_url, host, args.dashboard_port, tokens)
         print(f"helios-hpo: optuna-dashboard on http://{host}:{args.dashboard_port}")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
     return 0
@@ -44,7 +83,10 @@ def _dashboard(args: argparse.Namespace) -> int:
     from service.settings import get_settings
 
     settings = get_settings()
-    server = start_dashboard(settings.database_url, args.host, args.port)
+    tokens = _tokens(settings)
+    if tokens is None or _exposure_refused(args.host, tokens, args.insecure):
+        return 2
+    server = start_dashboard(settings.database_url, args.host, args.port, tokens)
     print(
         f"helios-hpo: optuna-dashboard on http://{args.host}:{server.server_port} "
         f"for {redact_url(settings.database_url)}; Ctrl-C stops it"
@@ -151,11 +193,19 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="also serve optuna-dashboard on this port (on --host)",
     )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="listen beyond loopback without API tokens (trusted networks only)",
+    )
     serve.set_defaults(func=_serve)
 
     dashboard = sub.add_parser("dashboard", help="serve optuna-dashboard on the database")
     dashboard.add_argument("--host", default="127.0.0.1")
     dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.add_argument(
+        "--insecure", action="store_true", help="listen beyond loopback without API tokens"
+    )
     dashboard.set_defaults(func=_dashboard)
 
     worker = sub.add_parser("worker", help="run trials of a study until its budget is spent")

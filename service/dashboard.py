@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import socketserver
 import threading
+from collections.abc import Mapping
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
+from service.api.security import guard_wsgi
 from service.db import normalize_url, optuna_storage
 
 __all__ = ["DashboardServer", "dashboard_app", "start_dashboard"]
@@ -46,10 +48,16 @@ class _LogHandler(WSGIRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
 
-def start_dashboard(database_url: str, host: str, port: int) -> DashboardServer:
-    """Serve the dashboard on ``host:port`` in a daemon thread; ``shutdown()`` stops it."""
+def start_dashboard(
+    database_url: str, host: str, port: int, tokens: Mapping[str, str] | None = None
+) -> DashboardServer:
+    """Serve the dashboard on ``host:port`` in a daemon thread; ``shutdown()`` stops it.
+
+    With ``tokens``, every request needs one (HTTP basic auth with the token as
+    password, or a bearer header), and read tokens cannot write.
+    """
     server = DashboardServer((host, port), _LogHandler)
-    server.set_app(dashboard_app(database_url))
+    server.set_app(guard_wsgi(dashboard_app(database_url), tokens or {}))
     threading.Thread(target=server.serve_forever, name="dashboard", daemon=True).start()
     log.info("optuna-dashboard on http://%s:%s", host, server.server_port)
     return server

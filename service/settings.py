@@ -77,6 +77,48 @@ class Settings(BaseSettings):
         None, description="The database URL as containers reach it (default: database_url)."
     )
     workers_per_gpu: int = Field(1, ge=1, le=64)
+    # Who may call the API and the dashboard.
+    api_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated ROLE:TOKEN entries, ROLE read or write.",
+    )
+    api_tokens_file: Path | None = Field(
+        None, description="A file of ROLE:TOKEN lines, read at start."
+    )
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Larger request bodies get 413.")
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def tokens(self) -> dict[str, str]:
+        """Every configured token and its role (read or write).
+
+        Raises:
+            ValueError: an entry is not ROLE:TOKEN; the message never shows the token.
+        """
+        entries = list(self.api_tokens)
+        if self.api_tokens_file is not None:
+            try:
+                lines = self.api_tokens_file.read_text().splitlines()
+            except OSError as exc:
+                raise ValueError(
+                    f"cannot read HELIOS_HPO_API_TOKENS_FILE {self.api_tokens_file}: {exc.strerror}"
+                ) from None
+            entries += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        tokens = {}
+        for number, entry in enumerate(entries, 1):
+            role, _, token = entry.partition(":")
+            if role not in ("read", "write") or len(token) < 16:
+                raise ValueError(
+                    f"API token entry {number} must be 'read:TOKEN' or 'write:TOKEN' with a "
+                    "token of at least 16 characters (HELIOS_HPO_API_TOKENS / _FILE)"
+                )
+            tokens[token] = role
+        return tokens
 
     @field_validator("gpus", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from service.api.errors import install_error_handlers
 from service.api.routes import studies, tasks, workers
+from service.api.security import ApiGuard
 from service.db import make_engine, make_session_factory, optuna_storage
 from service.launchers.docker import docker_launcher
 from service.launchers.local import LocalLauncher
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None, *, supervise: bool = True) -> F
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(ApiGuard, tokens=settings.tokens(), max_body_bytes=settings.max_body_bytes)
     app.include_router(studies.router)
     app.include_router(tasks.router)
     app.include_router(workers.router)

@@ -114,6 +114,10 @@ def test_compose_services_healthchecks_and_dependencies(compose: dict[str, Any])
     assert len(urls) == 1
     assert next(iter(urls)).startswith("postgresql://helios:")
     assert set(compose["volumes"]) == {"pgdata", "data"}
+    # Listening beyond loopback, the API and the dashboard refuse to start without tokens.
+    for name in ("service", "dashboard"):
+        assert "HELIOS_HPO_API_TOKENS" in services[name]["environment"], name
+    assert "HELIOS_HPO_API_TOKENS" not in services["worker"]["environment"]
 
 
 def test_compose_worker_reserves_a_gpu_and_shares_the_data_volume(

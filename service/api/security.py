@@ -1,0 +1,157 @@
+"""Bearer tokens and the request-size limit, in front of the API and the dashboard.
+
+A token is ``read`` (GET, HEAD, OPTIONS) or ``write`` (everything). With no
+token configured the service is open; ``serve`` then refuses to listen beyond
+loopback unless told ``--insecure``. Tokens are compared in constant time and
+never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+__all__ = ["READ_METHODS", "ApiGuard", "guard_wsgi", "role_of"]
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+OPEN_PATHS = frozenset({"/healthz"})
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+def role_of(authorization: str | None, tokens: Mapping[str, str]) -> str | None:
+    """The role of the token in an Authorization header (Bearer, or Basic with the
+    token as password), or None. Every configured token is compared, in constant time."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    candidate = ""
+    if scheme.lower() == "bearer":
+        candidate = value.strip()
+    elif scheme.lower() == "basic":
+        try:
+            candidate = base64.b64decode(value.strip(), validate=True).decode().partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            return None
+    role = None
+    for token, token_role in tokens.items():
+        if hmac.compare_digest(candidate.encode(), token.encode()):
+            role = token_role
+    return role if candidate else None
+
+
+def _refusal(method: str, role: str | None, basic: bool) -> tuple[int, str, str, list[Any]] | None:
+    if role is None:
+        challenge = b'Basic realm="helios-hpo"' if basic else b'Bearer realm="helios-hpo"'
+        return (
+            401,
+            "unauthorized",
+            "a token is needed: send 'Authorization: Bearer <token>'",
+            [(b"www-authenticate", challenge)],
+        )
+    if role == "read" and method not in READ_METHODS:
+        return 403, "forbidden", f"a read token cannot {method}; use a write token", []
+    return None
+
+
+def _body(status: int, code: str, detail: str) -> bytes:
+    return json.dumps({"code": code, "detail": detail, "errors": []}).encode()
+
+
+class ApiGuard:
+    """ASGI middleware: token check (when tokens are configured) and body-size limit."""
+
+    def __init__(self, app: Any, tokens: Mapping[str, str], max_body_bytes: int) -> None:
+        self.app, self.tokens, self.max_body_bytes = app, dict(tokens), max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.tokens and scope["path"] not in OPEN_PATHS:
+            role = role_of(headers.get("authorization"), self.tokens)
+            refused = _refusal(scope["method"], role, basic=False)
+            if refused is not None:
+                status, code, detail, extra = refused
+                await _send_error(send, status, code, detail, extra)
+                return
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await _send_error(send, 413, "too_large", self._too_large(), [])
+            return
+        if scope["method"] in READ_METHODS:
+            await self.app(scope, receive, send)
+            return
+        # Read the body (at most the limit) before the app sees it: chunked bodies too.
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                await _send_error(send, 413, "too_large", self._too_large(), [])
+                return
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    def _too_large(self) -> str:
+        return f"the request body is over {self.max_body_bytes} bytes"
+
+
+async def _send_error(
+    send: Send, status: int, code: str, detail: str, extra: Iterable[tuple[bytes, bytes]]
+) -> None:
+    body = _body(status, code, detail)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *extra,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def guard_wsgi(app: Any, tokens: Mapping[str, str]) -> Any:
+    """The same token check in front of a WSGI app (optuna-dashboard): HTTP basic auth
+    with the token as password (what a browser can send), or a bearer header."""
+    if not tokens:
+        return app
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        role = role_of(environ.get("HTTP_AUTHORIZATION"), tokens)
+        refused = _refusal(environ["REQUEST_METHOD"], role, basic=True)
+        if refused is None:
+            return app(environ, start_response)
+        status, code, detail, extra = refused
+        reason = {401: "Unauthorized", 403: "Forbidden"}[status]
+        headers = [("Content-Type", "application/json")]
+        headers += [(k.decode(), v.decode()) for k, v in extra]
+        start_response(f"{status} {reason}", headers)
+        return [_body(status, code, detail)]
+
+    return guarded
