@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.api.errors import install_error_handlers
+from service.api.errors import COMMON_ERRORS, install_error_handlers
 from service.api.routes import studies, tasks, workers
 from service.api.security import ApiGuard
 from service.db import make_engine, make_session_factory, optuna_storage
@@ -67,7 +67,6 @@ def create_app(settings: Settings | None = None, *, supervise: bool = True) -> F
     )
     install_error_handlers(app)
     app.add_middleware(ApiGuard, tokens=settings.tokens(), max_body_bytes=settings.max_body_bytes)
-    app.include_router(studies.router)
-    app.include_router(tasks.router)
-    app.include_router(workers.router)
+    for router in (studies.router, tasks.router, workers.router):
+        app.include_router(router, responses=COMMON_ERRORS)
     return app

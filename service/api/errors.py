@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import logging
-from typing import cast
+from typing import Any, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service.errors import ConflictError, DomainError, NotFoundError, SpecError
 from service.schemas import ErrorBody, FieldError
 
-__all__ = ["install_error_handlers"]
+__all__ = ["COMMON_ERRORS", "install_error_handlers"]
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +22,28 @@ _STATUS = {SpecError: 422, NotFoundError: 404, ConflictError: 409}
 
 
 def _response(
-    status: int, code: str, detail: str, errors: list[FieldError] | None = None
+    status: int,
+    code: str,
+    detail: str,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     body = ErrorBody(code=code, detail=detail, errors=errors or [])
-    return JSONResponse(status_code=status, content=body.model_dump())
+    return JSONResponse(status_code=status, content=body.model_dump(), headers=headers)
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+# Documented on every operation: each comes in the one error shape.
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("The body is not JSON"),
+    401: _error("A token is needed (when the service has tokens)"),
+    403: _error("A read token asked to change something"),
+    413: _error("The body is over the size limit"),
+    422: _error("Invalid input: each error names its field and why"),
+}
 
 
 _PARAM_TAGS = ("float", "int", "categorical")
@@ -69,7 +88,16 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
         exc.status_code, "http_error"
     )
-    return _response(exc.status_code, code, str(exc.detail))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:  # every method of the path, not only its first route's
+        methods = {
+            method
+            for route in request.app.router.routes
+            if route.matches(request.scope)[0] != Match.NONE
+            for method in getattr(route, "methods", None) or ()
+        }
+        headers["Allow"] = ", ".join(sorted(methods))
+    return _response(exc.status_code, code, str(exc.detail), headers=headers or None)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -28,7 +28,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "Invalid input: which field, and why"},
 }
 Limit = Annotated[int, Query(ge=1, le=1000)]
-Offset = Annotated[int, Query(ge=0)]
+# Bounded: the databases' integers are 64-bit.
+Offset = Annotated[int, Query(ge=0, le=1_000_000_000)]
 TrialState = Literal["RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL"]
 
 

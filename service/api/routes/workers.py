@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from fastapi import Path as FastApiPath
 from fastapi.responses import StreamingResponse
 
 from service import studies
@@ -42,7 +43,7 @@ def _of_trial(lines: list[str], trial: int | None) -> list[str]:
     responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
 )
 def worker_logs(
-    worker_id: int,
+    worker_id: Annotated[int, FastApiPath(ge=1, le=2**31 - 1)],
     request: Request,
     session: SessionDep,
     tail: Annotated[int, Query(ge=1, le=10_000)] = 100,

@@ -1,0 +1,67 @@
+"""The database password never leaves: not in responses, logs, worker argv or errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.db import normalize_url
+from tests.databases import _postgres_database
+from tests.e2e.conftest import start_service, stop_service, wait_for, wait_for_status
+
+PASSWORD = "pw-9f1c2e7a-never-shown"  # noqa: S105 (a sentinel to look for)
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+
+@pytest.fixture
+def url_with_password() -> Iterator[str]:
+    """A fresh PostgreSQL database, reached with a password (trust auth ignores it)."""
+    for url in _postgres_database():
+        yield normalize_url(url).set(password=PASSWORD).render_as_string(hide_password=False)
+
+
+def test_the_database_password_never_leaves(url_with_password: str, tmp_path: Path) -> None:
+    service = start_service(url_with_password, tmp_path / "data", tmp_path / "svc.log", {})
+    seen: list[str] = []
+    try:
+        spec = {
+            "name": "secretive",
+            "task": "synthetic",
+            "n_trials": 4,
+            "task_args": {"epochs": 3, "sleep_s": 0.3},
+        }
+        with service.client() as client:
+            seen.append(client.post("/studies", json=spec).text)
+
+            def running_worker() -> dict[str, object] | None:
+                workers = client.get("/studies/secretive/workers").json()
+                return next((w for w in workers if w["state"] == "running"), None)
+
+            worker = wait_for(running_worker, 30, "a running worker")
+            argv = Path(f"/proc/{worker['pid']}/cmdline").read_bytes().replace(b"\0", b" ")
+            seen.append(argv.decode())
+            wait_for_status(client, "secretive", 120, service)
+            for path in (
+                "/studies",
+                "/studies/secretive",
+                "/studies/secretive/trials",
+                "/studies/secretive/best",
+                "/studies/secretive/workers",
+                f"/workers/{worker['id']}/logs?tail=1000",
+                "/tasks",
+                "/openapi.json",
+                "/studies/nope",  # 404
+            ):
+                seen.append(client.get(path).text)
+            seen.append(client.post("/studies", json={**spec, "n_trials": 0}).text)  # 422
+            seen.append(client.post("/studies", json=spec).text)  # 409
+    finally:
+        stop_service(service)
+    seen.append(service.log())
+    seen += [p.read_text() for p in (tmp_path / "data").rglob("*.log")]
+    assert len(seen) > 14
+    assert any("trial=" in text for text in seen)  # the worker logs were read
+    leaks = [text[:200] for text in seen if PASSWORD in text]
+    assert leaks == []
