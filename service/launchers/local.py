@@ -64,7 +64,8 @@ class LocalLauncher:
         log_path = worker_log_path(self.data_dir, study, worker_id)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {
-            **os.environ,
+            # Workers never need the API's tokens.
+            **{k: v for k, v in os.environ.items() if not k.startswith("HELIOS_HPO_API_TOKENS")},
             **self.extra_env,
             "HELIOS_HPO_DATABASE_URL": self.database_url,
             "HELIOS_HPO_DATA_DIR": str(self.data_dir),

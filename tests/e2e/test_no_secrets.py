@@ -1,10 +1,12 @@
-"""The database password never leaves: not in responses, logs, worker argv or errors."""
+"""Secrets never leave: the database password is not in responses, logs, worker argv or
+errors; API tokens are not logged and do not reach the workers."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from service.db import normalize_url
@@ -12,6 +14,7 @@ from tests.databases import _postgres_database
 from tests.e2e.conftest import start_service, stop_service, wait_for, wait_for_status
 
 PASSWORD = "pw-9f1c2e7a-never-shown"  # noqa: S105 (a sentinel to look for)
+TOKEN = "tok-4d2b8e61-never-logged"  # noqa: S105
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 
@@ -23,7 +26,12 @@ def url_with_password() -> Iterator[str]:
 
 
 def test_the_database_password_never_leaves(url_with_password: str, tmp_path: Path) -> None:
-    service = start_service(url_with_password, tmp_path / "data", tmp_path / "svc.log", {})
+    service = start_service(
+        url_with_password,
+        tmp_path / "data",
+        tmp_path / "svc.log",
+        {"HELIOS_HPO_API_TOKENS": f"write:{TOKEN}"},
+    )
     seen: list[str] = []
     try:
         spec = {
@@ -32,7 +40,8 @@ def test_the_database_password_never_leaves(url_with_password: str, tmp_path: Pa
             "n_trials": 4,
             "task_args": {"epochs": 3, "sleep_s": 0.3},
         }
-        with service.client() as client:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        with httpx.Client(base_url=service.url, headers=headers, timeout=30) as client:
             seen.append(client.post("/studies", json=spec).text)
 
             def running_worker() -> dict[str, object] | None:
@@ -42,6 +51,8 @@ def test_the_database_password_never_leaves(url_with_password: str, tmp_path: Pa
             worker = wait_for(running_worker, 30, "a running worker")
             argv = Path(f"/proc/{worker['pid']}/cmdline").read_bytes().replace(b"\0", b" ")
             seen.append(argv.decode())
+            environ = Path(f"/proc/{worker['pid']}/environ").read_bytes()
+            assert TOKEN.encode() not in environ  # the database URL is there, by design
             wait_for_status(client, "secretive", 120, service)
             for path in (
                 "/studies",
@@ -65,3 +76,5 @@ def test_the_database_password_never_leaves(url_with_password: str, tmp_path: Pa
     assert any("trial=" in text for text in seen)  # the worker logs were read
     leaks = [text[:200] for text in seen if PASSWORD in text]
     assert leaks == []
+    logs = [service.log(), *(p.read_text() for p in (tmp_path / "data").rglob("*.log"))]
+    assert not [text[:200] for text in logs if TOKEN in text]

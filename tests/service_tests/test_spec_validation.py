@@ -191,6 +191,24 @@ BAD = [
     pytest.param(_with("name", "a/b"), "name", "should match pattern", id="name-slash"),
     pytest.param(_with("n_trials", 0), "n_trials", "greater than or equal to 1", id="n_trials-0"),
     pytest.param(
+        _with("n_trials", 1_000_001),
+        "n_trials",
+        "less than or equal to 1000000",
+        id="n_trials-over-limit",
+    ),
+    pytest.param(
+        _with("search_space", {f"p{i}": {"type": "int", "low": 0, "high": 1} for i in range(257)}),
+        "search_space",
+        "at most 256",
+        id="too-many-parameters",
+    ),
+    pytest.param(
+        _with("search_space.optimizer", {"type": "categorical", "choices": list(range(1001))}),
+        "search_space.optimizer.choices",
+        "at most 1000",
+        id="too-many-choices",
+    ),
+    pytest.param(
         _with("task_args", {"epochz": 3}),
         "task_args.epochz",
         "unknown argument",
