@@ -14,23 +14,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
-import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[1]
+if __package__:  # imported as bench.load (the load test)
+    from bench.orchestration import running_service
+else:  # run as a script: bench/ is on sys.path
+    from orchestration import running_service  # type: ignore[import-not-found,no-redef]
+
 STUDY = "under-load"
 
 
@@ -45,49 +42,6 @@ class LoadResult:
     def percentile(self, q: float) -> float:
         ordered = sorted(self.latencies_ms)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def running_service(database_url: str, data_dir: Path) -> Iterator[str]:
-    """`helios-hpo serve` on a free port until the block ends."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "HELIOS_HPO_DATABASE_URL": database_url,
-        "HELIOS_HPO_DATA_DIR": str(data_dir),
-        "HELIOS_HPO_HEARTBEAT_INTERVAL_S": "2",
-        "HELIOS_HPO_HEARTBEAT_GRACE_S": "20",
-        "OMP_NUM_THREADS": "1",
-    }
-    with (data_dir / "service.log").open("wb") as log:
-        proc = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the service did not start; see {data_dir / 'service.log'}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 async def _load(url: str, rate: float, seconds: float, headers: dict[str, str]) -> LoadResult:
@@ -178,7 +132,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         url = args.database_url or f"sqlite:///{Path(tmp) / 'load.db'}"
-        with running_service(url, Path(tmp)) as service:
+        env = {
+            "HELIOS_HPO_HEARTBEAT_INTERVAL_S": "2",
+            "HELIOS_HPO_HEARTBEAT_GRACE_S": "20",
+            "OMP_NUM_THREADS": "1",
+        }
+        with running_service(url, Path(tmp), env) as service:
             result = run_load(service, args.rate, args.seconds)
     backend = url.split(":", 1)[0]
     print(f"database={backend} rate={args.rate:g}/s seconds={args.seconds:g} workers=4")

@@ -132,13 +132,17 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_service(database_url: str, data_dir: Path) -> Any:
+def running_service(
+    database_url: str, data_dir: Path, extra_env: dict[str, str] | None = None
+) -> Any:
+    """`helios-hpo serve` on a free port until the block ends; yields its URL."""
     port = _free_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
         "HELIOS_HPO_DATABASE_URL": database_url,
         "HELIOS_HPO_DATA_DIR": str(data_dir),
+        **(extra_env or {}),
     }
     log = (data_dir / "service.log").open("wb")
     proc = subprocess.Popen(  # noqa: S603
