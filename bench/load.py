@@ -44,6 +44,61 @@ class LoadResult:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+class _Connection:
+    """One keep-alive HTTP/1.1 connection that sends GETs and reads whole responses.
+
+    The generator shares two cores with the service and its workers: a bare
+    asyncio stream costs a fraction of a full HTTP client per request.
+    """
+
+    def __init__(self, host: str, port: int, headers: dict[str, str]) -> None:
+        self.host, self.port = host, port
+        self.extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def get(self, path: str) -> int:
+        """The status code of ``GET path``; reconnects once if the server closed it idle."""
+        for attempt in (0, 1):
+            reused = self.reader is not None
+            if self.reader is None:
+                self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            assert self.writer is not None
+            request = f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n{self.extra}\r\n"
+            self.writer.write(request.encode())
+            try:
+                status_line = await self.reader.readline()
+            except ConnectionError:
+                status_line = b""
+            if status_line:
+                return await self._rest(status_line)
+            self.close()
+            if not reused or attempt:
+                raise ConnectionError("the server closed the connection without answering")
+        raise AssertionError("unreachable")
+
+    async def _rest(self, status_line: bytes) -> int:
+        assert self.reader is not None
+        length, close = None, False
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+            elif name.lower() == "connection" and value.strip().lower() == "close":
+                close = True
+        if length is None:
+            raise ConnectionError("a response without Content-Length")
+        await self.reader.readexactly(length)
+        if close:
+            self.close()
+        return int(status_line.split()[1])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
 async def _load(url: str, rate: float, seconds: float, headers: dict[str, str]) -> LoadResult:
     paths = [
         f"/studies/{STUDY}",
@@ -54,38 +109,48 @@ async def _load(url: str, rate: float, seconds: float, headers: dict[str, str]) 
         "/studies",
         "/tasks",
     ]
+    target = httpx.URL(url)
+    host, port = target.host, target.port or 80
     latencies: list[float] = []
     errors: list[str] = []
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(
-        base_url=url, headers=headers, timeout=10, limits=limits
-    ) as client:
+    idle: list[_Connection] = []  # most recently used last: warm connections are reused
 
-        async def one(path: str) -> None:
-            start = time.perf_counter()
-            try:
-                response = await client.get(path)
-            except httpx.HTTPError as exc:
-                errors.append(f"{path}: {type(exc).__name__}")
-                return
-            latencies.append((time.perf_counter() - start) * 1000)
-            if response.status_code != 200:
-                errors.append(f"{path}: {response.status_code}")
+    async def one(path: str, start: float) -> None:
+        # Latency counts from the scheduled send time: a late send is part of it.
+        conn = idle.pop() if idle else _Connection(host, port, headers)
+        try:
+            status = await conn.get(path)
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            conn.close()
+            errors.append(f"{path}: {type(exc).__name__}: {exc}")
+            return
+        latencies.append((time.perf_counter() - start) * 1000)
+        idle.append(conn)
+        if status != 200:
+            errors.append(f"{path}: {status}")
 
-        tasks = []
-        begin = time.perf_counter()
-        total = int(rate * seconds)
-        for i in range(total):
-            delay = begin + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(paths[i % len(paths)])))
-        await asyncio.gather(*tasks)
+    tasks = []
+    begin = time.perf_counter()
+    total = int(rate * seconds)
+    for i in range(total):
+        due = begin + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(paths[i % len(paths)], due)))
+    await asyncio.gather(*tasks)
+    for conn in idle:
+        conn.close()
     return LoadResult(total, errors, latencies, {}, 0)
 
 
 def run_load(
-    url: str, rate: float, seconds: float, headers: dict[str, str] | None = None
+    url: str,
+    rate: float,
+    seconds: float,
+    headers: dict[str, str] | None = None,
+    *,
+    sleep_s: float = 0.3,
 ) -> LoadResult:
     """Submit the study, load the service, pause the study and wait for its trials."""
     headers = headers or {}
@@ -93,8 +158,9 @@ def run_load(
         "name": STUDY,
         "task": "synthetic",
         "n_trials": 100_000,
-        # ~0.3 s trials that mostly wait, as a GPU-bound step would.
-        "task_args": {"epochs": 6, "sleep_s": 0.05},
+        # Trials of up to 3 s (pruned ones stop sooner) that mostly wait, as a GPU-bound
+        # step would; --sleep-s 0.05 makes them 10x shorter, a stress of the workers.
+        "task_args": {"epochs": 10, "sleep_s": sleep_s},
         "workers": {"count": 4},
     }
     with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
@@ -128,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="mixed reads at a fixed rate, workers training")
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--sleep-s", type=float, default=0.3, help="per epoch of a trial")
     parser.add_argument("--database-url", help="default: a temp SQLite file")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,9 +205,12 @@ def main(argv: list[str] | None = None) -> None:
             "OMP_NUM_THREADS": "1",
         }
         with running_service(url, Path(tmp), env) as service:
-            result = run_load(service, args.rate, args.seconds)
+            result = run_load(service, args.rate, args.seconds, sleep_s=args.sleep_s)
     backend = url.split(":", 1)[0]
-    print(f"database={backend} rate={args.rate:g}/s seconds={args.seconds:g} workers=4")
+    print(
+        f"database={backend} rate={args.rate:g}/s seconds={args.seconds:g} workers=4 "
+        f"sleep_s/epoch={args.sleep_s:g}"
+    )
     print(
         f"requests={result.requests} errors={len(result.errors)} "
         f"p50={statistics.median(result.latencies_ms):.1f}ms "

@@ -53,6 +53,8 @@ def _exposure_refused(host: str, tokens: dict[str, str], insecure: bool) -> bool
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import gc
+
     import uvicorn
 
     from service.api import create_app
@@ -73,7 +75,13 @@ def _serve(args: argparse.Namespace) -> int:
 
         start_dashboard(settings.database_url, host, args.dashboard_port, tokens)
         print(f"helios-hpo: optuna-dashboard on http://{host}:{args.dashboard_port}")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    app = create_app(settings)
+    # The ~120k objects of the imports live as long as the process: out of the
+    # collector's sight, a full collection takes ~20 ms instead of ~100 ms (a
+    # pause every request in flight would wait for).
+    gc.collect()
+    gc.freeze()
+    uvicorn.run(app, host=host, port=port, log_level="info")
     return 0
 
 

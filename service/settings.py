@@ -86,6 +86,13 @@ class Settings(BaseSettings):
         None, description="A file of ROLE:TOKEN lines, read at start."
     )
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Larger request bodies get 413.")
+    api_threads: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Requests whose database work runs at once; more wait their turn. Few "
+        "threads keep the event loop responsive: many starve it of the GIL under load.",
+    )
 
     @field_validator("api_tokens", mode="before")
     @classmethod

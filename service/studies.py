@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import optuna
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -52,6 +52,7 @@ __all__ = [
     "retry_failed_trial",
     "sweep_stale_trials",
     "stop_study",
+    "summary",
     "update_study",
 ]
 
@@ -159,13 +160,17 @@ def create_study(
     return read_study(session, row)
 
 
+_STUDY_BY_NAME = select(StudyRow).where(StudyRow.name == bindparam("name"))
+_STUDY_ID_BY_NAME = select(StudyRow.id).where(StudyRow.name == bindparam("name"))
+
+
 def get_study(session: Session, name: str) -> StudyRow:
     """The study row named ``name``.
 
     Raises:
         NotFoundError: no such study (404).
     """
-    row = session.scalar(select(StudyRow).where(StudyRow.name == name))
+    row = session.scalar(_STUDY_BY_NAME, {"name": name})
     if row is None:
         raise NotFoundError(f"no study named {name!r}")
     return row
@@ -223,21 +228,31 @@ def list_studies(session: Session, *, limit: int, offset: int) -> Page[StudySumm
     return Page(items=items, total=total, limit=limit, offset=offset)
 
 
-def _optuna_id(session: Session, row: StudyRow) -> int:
-    study_id = trials.optuna_study_id(session, row.name)
-    if study_id is None:
+def _optuna_ref(session: Session, row: StudyRow) -> tuple[int, list[str]]:
+    """Optuna's id of the study and its directions."""
+    return _optuna_ref_named(session, row.name)
+
+
+def _optuna_ref_named(session: Session, name: str) -> tuple[int, list[str]]:
+    """Optuna's id and directions of the study named ``name``, without loading its row.
+
+    Raises:
+        NotFoundError: no such study, or its Optuna study is gone (404).
+    """
+    ref = trials.study_ref(session, name)
+    if ref is None:
+        if session.connection().scalar(_STUDY_ID_BY_NAME, {"name": name}) is None:
+            raise NotFoundError(f"no study named {name!r}")
         raise NotFoundError(
-            f"study {row.name!r} has no Optuna study; it was deleted outside the service"
+            f"study {name!r} has no Optuna study; it was deleted outside the service"
         )
-    return study_id
+    return ref
 
 
 def read_study(session: Session, row: StudyRow) -> StudyRead:
     """The summary of a study: counts and best value come from SQL aggregates."""
-    study_id = _optuna_id(session, row)
-    directions = trials.study_directions(session, study_id)
-    best = trials.best_trials(session, study_id, directions) if len(directions) == 1 else []
-    best_values = best[0].values if best else None
+    study_id, directions = _optuna_ref(session, row)
+    best = trials.best_value(session, study_id, directions[0]) if len(directions) == 1 else None
     return StudyRead(
         name=row.name,
         task=row.task,
@@ -246,9 +261,9 @@ def read_study(session: Session, row: StudyRow) -> StudyRead:
         directions=directions,
         n_trials=row.spec["n_trials"],
         counts=trials.trial_counts(session, study_id),
-        best_trial=best[0].number if best else None,
-        best_value=best_values[0] if best_values else None,
-        best_values=best_values,
+        best_trial=best[0] if best else None,
+        best_value=best[1] if best else None,
+        best_values=[best[1]] if best else None,
         created_at=row.created_at,
         finished_at=row.finished_at,
         spec=StudySpec.model_validate(row.spec),
@@ -256,22 +271,23 @@ def read_study(session: Session, row: StudyRow) -> StudyRead:
     )
 
 
+def summary(session: Session, name: str) -> StudyRead:
+    """The summary of the study named ``name``."""
+    return read_study(session, get_study(session, name))
+
+
 def read_trials(
     session: Session, name: str, *, state: str | None, limit: int, offset: int
 ) -> Page[TrialRead]:
     """One page of a study's trials by number."""
-    row = get_study(session, name)
-    items, total = trials.trial_page(
-        session, _optuna_id(session, row), state=state, limit=limit, offset=offset
-    )
+    study_id, _ = _optuna_ref_named(session, name)
+    items, total = trials.trial_page(session, study_id, state=state, limit=limit, offset=offset)
     return Page(items=items, total=total, limit=limit, offset=offset)
 
 
 def read_best(session: Session, name: str) -> BestRead:
     """The best trial, or the Pareto front of a multi-objective study."""
-    row = get_study(session, name)
-    study_id = _optuna_id(session, row)
-    directions = trials.study_directions(session, study_id)
+    study_id, directions = _optuna_ref_named(session, name)
     return BestRead(directions=directions, trials=trials.best_trials(session, study_id, directions))
 
 
@@ -332,7 +348,7 @@ def update_study(session: Session, name: str, patch: StudyPatch) -> StudyRead:
         spec["workers"] = {**spec["workers"], "count": patch.workers.count}
     row.spec = spec  # a new dict: the JSON column sees the change
     if row.status == StudyStatus.FINISHED:
-        counts = trials.trial_counts(session, _optuna_id(session, row))
+        counts = trials.trial_counts(session, _optuna_ref(session, row)[0])
         room = counts["COMPLETE"] + counts["PRUNED"] < spec["n_trials"]
         in_time = spec["timeout_s"] is None or seconds_since(row.created_at) < spec["timeout_s"]
         if room and in_time:

@@ -7,11 +7,13 @@ seconds. These queries aggregate in the database and fetch one page at a time.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
-from optuna.distributions import json_to_distribution
+from optuna.distributions import BaseDistribution, json_to_distribution
 from sqlalchemy import (
     Column,
     DateTime,
@@ -23,24 +25,30 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
+    case,
     func,
     select,
 )
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import BindParameter
 
+from service.models import StudyRow
 from service.schemas import TrialRead
 
 __all__ = [
     "BUDGET_STATES",
     "TRIAL_STATES",
     "best_trials",
+    "best_value",
     "budget_used",
     "budget_used_query",
     "optuna_study_id",
     "reserved_trial",
     "silent_running_trials",
     "study_directions",
+    "study_ref",
     "trial_counts",
     "trial_page",
     "unretried_failures",
@@ -131,7 +139,7 @@ def optuna_study_id(session: Session, name: str) -> int | None:
 
 def study_directions(session: Session, study_id: int) -> list[str]:
     """``["maximize", ...]`` in objective order."""
-    rows = session.execute(
+    rows = session.connection().execute(
         select(study_directions_t.c.direction)
         .where(study_directions_t.c.study_id == study_id)
         .order_by(study_directions_t.c.objective)
@@ -139,15 +147,37 @@ def study_directions(session: Session, study_id: int) -> list[str]:
     return [direction.lower() for (direction,) in rows]
 
 
+# Statements of the API's hot reads, built once: per request only parameters change.
+_hpo_studies = StudyRow.__table__
+_STUDY_REF = (
+    select(studies.c.study_id, study_directions_t.c.direction)
+    .select_from(_hpo_studies)
+    .join(studies, studies.c.study_name == _hpo_studies.c.name)
+    .join(study_directions_t, study_directions_t.c.study_id == studies.c.study_id)
+    .where(_hpo_studies.c.name == bindparam("name"))
+    .order_by(study_directions_t.c.objective)
+)
+
+
+def study_ref(session: Session, name: str) -> tuple[int, list[str]] | None:
+    """Optuna's id and directions of the service's study ``name`` (None: either is missing)."""
+    rows = session.connection().execute(_STUDY_REF, {"name": name}).all()
+    if not rows:
+        return None
+    return rows[0][0], [direction.lower() for _, direction in rows]
+
+
+_COUNTS = (
+    select(trials.c.state, func.count())
+    .where(trials.c.study_id == bindparam("study_id"))
+    .group_by(trials.c.state)
+)
+
+
 def trial_counts(session: Session, study_id: int) -> dict[str, int]:
     """Number of trials per state (every state present, zeros included)."""
     counts = dict.fromkeys(TRIAL_STATES, 0)
-    rows = session.execute(
-        select(trials.c.state, func.count())
-        .where(trials.c.study_id == study_id)
-        .group_by(trials.c.state)
-    )
-    for state, count in rows:
+    for state, count in session.connection().execute(_COUNTS, {"study_id": study_id}):
         counts[state] = count
     return counts
 
@@ -219,28 +249,38 @@ def unretried_failures(session: Session, study_id: int) -> int:
     return sum(1 for number in failed if number not in retried)
 
 
+def _best_query(maximize: bool) -> Select[int, int, float]:
+    """The best COMPLETE trial of a single-objective study: (trial_id, number, value)."""
+    value = trial_values.c.value
+    return (
+        select(trials.c.trial_id, trials.c.number, value)
+        .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
+        .where(
+            trials.c.study_id == bindparam("study_id"),
+            trials.c.state == "COMPLETE",
+            value.is_not(None),
+        )
+        .order_by(value.desc() if maximize else value.asc(), trials.c.number)
+        .limit(1)
+    )
+
+
+_BEST = {"maximize": _best_query(maximize=True), "minimize": _best_query(maximize=False)}
+
+
+def best_value(session: Session, study_id: int, direction: str) -> tuple[int, float] | None:
+    """(number, value) of the best COMPLETE trial of a single-objective study."""
+    row = session.connection().execute(_BEST[direction], {"study_id": study_id}).first()
+    return (row.number, row.value) if row is not None else None
+
+
 def best_trials(session: Session, study_id: int, directions: list[str]) -> list[TrialRead]:
     """The best COMPLETE trial, or the Pareto front for several objectives."""
     if len(directions) == 1:
-        order = (
-            trial_values.c.value.desc()
-            if directions[0] == "maximize"
-            else trial_values.c.value.asc()
-        )
-        trial_id = session.scalar(
-            select(trials.c.trial_id)
-            .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
-            .where(
-                trials.c.study_id == study_id,
-                trials.c.state == "COMPLETE",
-                trial_values.c.value.is_not(None),
-            )
-            .order_by(order, trials.c.number)
-            .limit(1)
-        )
-        return _load(session, [trial_id]) if trial_id is not None else []
+        row = session.connection().execute(_BEST[directions[0]], {"study_id": study_id}).first()
+        return _load(session, [row.trial_id]) if row is not None else []
     values: dict[int, list[float]] = defaultdict(list)
-    rows = session.execute(
+    rows = session.connection().execute(
         select(trials.c.trial_id, trial_values.c.value, trial_values.c.value_type)
         .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
         .where(
@@ -267,73 +307,103 @@ def _dominates(a: list[float], b: list[float]) -> bool:
     )
 
 
+def _page_queries(by_state: bool) -> tuple[Select[int], Select[Any, Any, Any, Any, Any]]:
+    """(count, page) statements over a study's trials, optionally of one state."""
+    where = [trials.c.study_id == bindparam("study_id")]
+    if by_state:
+        where.append(trials.c.state == bindparam("state", type_=_STATE))
+    count = select(func.count()).select_from(trials).where(*where)
+    page = (
+        _TRIAL_COLUMNS.where(*where)
+        .order_by(trials.c.number)
+        .limit(bindparam("limit", type_=Integer))
+        .offset(bindparam("offset", type_=Integer))
+    )
+    return count, page
+
+
+_TRIAL_COLUMNS = select(
+    trials.c.trial_id,
+    trials.c.number,
+    trials.c.state,
+    trials.c.datetime_start,
+    trials.c.datetime_complete,
+)
+_IDS: BindParameter[list[int]] = bindparam("ids", expanding=True)
+_TRIALS_BY_ID = _TRIAL_COLUMNS.where(trials.c.trial_id.in_(_IDS)).order_by(trials.c.number)
+_PAGES = {False: _page_queries(by_state=False), True: _page_queries(by_state=True)}
+_PARAMS = select(
+    trial_params.c.trial_id,
+    trial_params.c.param_name,
+    trial_params.c.param_value,
+    trial_params.c.distribution_json,
+).where(trial_params.c.trial_id.in_(_IDS))
+# Values come back finite or NULL (NaN and infinities: JSON has neither), decided in SQL.
+_VALUES = (
+    select(
+        trial_values.c.trial_id,
+        case((trial_values.c.value_type == "FINITE", trial_values.c.value)),
+    )
+    .where(trial_values.c.trial_id.in_(_IDS))
+    .order_by(trial_values.c.trial_id, trial_values.c.objective)
+)
+_INTERMEDIATE = (
+    select(
+        trial_intermediate_values.c.trial_id,
+        trial_intermediate_values.c.step,
+        case(
+            (
+                trial_intermediate_values.c.intermediate_value_type == "FINITE",
+                trial_intermediate_values.c.intermediate_value,
+            )
+        ),
+    )
+    .where(trial_intermediate_values.c.trial_id.in_(_IDS))
+    .order_by(trial_intermediate_values.c.trial_id, trial_intermediate_values.c.step)
+)
+
+
 def trial_page(
     session: Session, study_id: int, *, state: str | None, limit: int, offset: int
 ) -> tuple[list[TrialRead], int]:
     """One page of trials by number, optionally of one state, and the total."""
-    where = [trials.c.study_id == study_id]
-    if state is not None:
-        where.append(trials.c.state == state)
-    total = session.scalar(select(func.count()).select_from(trials).where(*where)) or 0
-    ids = session.scalars(
-        select(trials.c.trial_id)
-        .where(*where)
-        .order_by(trials.c.number)
-        .limit(limit)
-        .offset(offset)
-    ).all()
-    return _load(session, list(ids)), int(total)
+    count, page = _PAGES[state is not None]
+    args = {"study_id": study_id, "state": state, "limit": limit, "offset": offset}
+    conn = session.connection()
+    total = conn.scalar(count, args) or 0
+    return _assemble(conn, conn.execute(page, args).all()), int(total)
 
 
 def _load(session: Session, trial_ids: list[int]) -> list[TrialRead]:
-    """Trials with params, values and intermediate values: four queries for any page size."""
+    """Trials by id, in number order."""
     if not trial_ids:
         return []
+    conn = session.connection()
+    return _assemble(conn, conn.execute(_TRIALS_BY_ID, {"ids": trial_ids}).all())
+
+
+def _assemble(conn: Connection, rows: Sequence[Row[Any, Any, Any, Any, Any]]) -> list[TrialRead]:
+    """Trial rows with their params, values and intermediate values: three more queries."""
+    if not rows:
+        return []
+    ids = {"ids": [row.trial_id for row in rows]}
     params: dict[int, dict[str, Any]] = defaultdict(dict)
-    for tid, name, value, dist_json in session.execute(
-        select(
-            trial_params.c.trial_id,
-            trial_params.c.param_name,
-            trial_params.c.param_value,
-            trial_params.c.distribution_json,
-        ).where(trial_params.c.trial_id.in_(trial_ids))
-    ):
-        params[tid][name] = json_to_distribution(dist_json).to_external_repr(value)
+    for tid, name, value, dist_json in conn.execute(_PARAMS, ids).all():
+        params[tid][name] = _distribution(dist_json).to_external_repr(value)
     values: dict[int, list[float | None]] = defaultdict(list)
-    for tid, value, value_type in session.execute(
-        select(trial_values.c.trial_id, trial_values.c.value, trial_values.c.value_type)
-        .where(trial_values.c.trial_id.in_(trial_ids))
-        .order_by(trial_values.c.trial_id, trial_values.c.objective)
-    ):
-        values[tid].append(_value(value, value_type))
+    for tid, value in conn.execute(_VALUES, ids).all():
+        values[tid].append(value)
     intermediate: dict[int, dict[int, float | None]] = defaultdict(dict)
-    for tid, step, value, value_type in session.execute(
-        select(
-            trial_intermediate_values.c.trial_id,
-            trial_intermediate_values.c.step,
-            trial_intermediate_values.c.intermediate_value,
-            trial_intermediate_values.c.intermediate_value_type,
-        ).where(trial_intermediate_values.c.trial_id.in_(trial_ids))
-    ):
-        intermediate[tid][step] = _value(value, value_type)
-    rows = session.execute(
-        select(
-            trials.c.trial_id,
-            trials.c.number,
-            trials.c.state,
-            trials.c.datetime_start,
-            trials.c.datetime_complete,
-        )
-        .where(trials.c.trial_id.in_(trial_ids))
-        .order_by(trials.c.number)
-    )
+    for tid, step, value in conn.execute(_INTERMEDIATE, ids).all():  # by step
+        intermediate[tid][step] = value
+    # Built from the database's typed columns: nothing to validate.
     return [
-        TrialRead(
+        TrialRead.model_construct(
             number=number,
             state=state,
             params=params.get(tid, {}),
             values=values.get(tid) or None,
-            intermediate_values=dict(sorted(intermediate.get(tid, {}).items())),
+            intermediate_values=intermediate.get(tid, {}),
             datetime_start=_utc(start),
             datetime_complete=_utc(complete),
         )
@@ -341,9 +411,10 @@ def _load(session: Session, trial_ids: list[int]) -> list[TrialRead]:
     ]
 
 
-def _value(value: float | None, value_type: str) -> float | None:
-    """A finite value, or None for NaN and infinities (JSON has neither)."""
-    return value if value_type == "FINITE" else None
+@functools.lru_cache(maxsize=1024)
+def _distribution(dist_json: str) -> BaseDistribution:
+    """A parsed distribution; a study's trials share a handful of them."""
+    return json_to_distribution(dist_json)
 
 
 def _utc(moment: dt.datetime | None) -> dt.datetime | None:

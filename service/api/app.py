@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from anyio import to_thread
 from fastapi import FastAPI
 
 from service.api.errors import COMMON_ERRORS, install_error_handlers
@@ -26,6 +27,8 @@ def create_app(settings: Settings | None = None, *, supervise: bool = True) -> F
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The thread pool runs every route's database work (service.api.deps.Database).
+        to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         engine = make_engine(settings.database_url)
         app.state.settings = settings
         app.state.sessions = make_session_factory(engine)

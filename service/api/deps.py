@@ -2,42 +2,69 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Concatenate, ParamSpec, TypeVar
 
 import optuna
 from fastapi import Depends, Request
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from service.db import after_commit, session_scope
 from service.settings import Settings
 from service.supervisor import Supervisor
 
-__all__ = ["SessionDep", "SettingsDep", "StorageDep"]
+__all__ = ["Database", "DatabaseDep", "SettingsDep", "StorageDep"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
-def _session(request: Request) -> Iterator[Session]:
-    """A unit of work per request: committed when the route returns, rolled back on error."""
-    with session_scope(request.app.state.sessions) as session:
-        if request.method != "GET":
-            supervisor: Supervisor | None = request.app.state.supervisor
-            if supervisor is not None:
-                after_commit(session, supervisor.wake)
-        yield session
+class Database:
+    """Runs a route's database work as one unit of work in one worker thread.
+
+    Routes are ``async`` and await ``run``: the session is opened, used, committed
+    and closed in a single thread-pool call, so a request hops to a thread once
+    (a sync route with a generator dependency hops four times). The commit happens
+    before the response is sent: a client never gets a 2xx for work that did not
+    commit, and its next request sees it.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], wake: Callable[[], None] | None) -> None:
+        self._sessions = sessions
+        self._wake = wake
+
+    async def run(
+        self, work: Callable[Concatenate[Session, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """``work(session, *args, **kwargs)`` in a committed session, off the event loop."""
+        return await run_in_threadpool(self._unit, lambda session: work(session, *args, **kwargs))
+
+    def _unit(self, work: Callable[[Session], T]) -> T:
+        with session_scope(self._sessions) as session:
+            if self._wake is not None:
+                after_commit(session, self._wake)
+            return work(session)
 
 
-def _settings(request: Request) -> Settings:
+async def _database(request: Request) -> Database:
+    supervisor: Supervisor | None = request.app.state.supervisor
+    # A committed write may start, stop or resize workers: the supervisor looks at once.
+    wake = supervisor.wake if supervisor is not None and request.method != "GET" else None
+    return Database(request.app.state.sessions, wake)
+
+
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _storage(request: Request) -> optuna.storages.BaseStorage:
+async def _storage(request: Request) -> optuna.storages.BaseStorage:
     storage: optuna.storages.BaseStorage = request.app.state.storage
     return storage
 
 
-# scope="function": commit before the response is sent, so a client never gets a
-# 2xx for work that did not commit, and a following request sees it.
-SessionDep = Annotated[Session, Depends(_session, scope="function")]
+# The dependencies are async: FastAPI would run sync ones in the thread pool.
+DatabaseDep = Annotated[Database, Depends(_database)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 StorageDep = Annotated[optuna.storages.BaseStorage, Depends(_storage)]

@@ -123,6 +123,46 @@ def test_infinite_values_are_null_not_500(client: TestClient, settings: Settings
     assert trial["intermediate_values"] == {"0": None}
 
 
+def test_intermediate_values_in_step_order_with_nan_as_null(
+    client: TestClient, settings: Settings
+) -> None:
+    client.post("/studies", json={"name": "steps", "task": "synthetic"})
+    study = optuna.load_study(study_name="steps", storage=optuna_storage(settings.database_url))
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", -1, 1)
+        for step in (10, 2, 7):  # reported out of order
+            trial.report(float(step), step)
+        trial.report(math.nan, 3)
+        return 1.0
+
+    study.optimize(objective, n_trials=1)
+    (trial,) = client.get("/studies/steps/trials").json()["items"]
+    assert list(trial["intermediate_values"].items()) == [
+        ("2", 2.0),
+        ("3", None),
+        ("7", 7.0),
+        ("10", 10.0),
+    ]
+
+
+def test_reads_of_a_study_whose_optuna_study_is_gone_or_foreign(
+    client: TestClient, settings: Settings
+) -> None:
+    storage = optuna_storage(settings.database_url)
+    client.post("/studies", json={"name": "gone", "task": "synthetic"})
+    optuna.delete_study(study_name="gone", storage=storage)
+    # An Optuna study the service did not create is not one of its studies.
+    optuna.create_study(study_name="foreign", storage=storage)
+    for path in ("", "/trials", "/best"):
+        gone = client.get(f"/studies/gone{path}")
+        assert gone.status_code == 404, path
+        assert "deleted outside the service" in gone.json()["detail"]
+        foreign = client.get(f"/studies/foreign{path}")
+        assert foreign.status_code == 404, path
+        assert "no study named 'foreign'" in foreign.json()["detail"]
+
+
 def test_list_studies_newest_first_paginated(client: TestClient) -> None:
     for name in ("a", "b", "c"):
         assert client.post("/studies", json={"name": name, "task": "synthetic"}).status_code == 201

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Response, status
 
 from service import studies
-from service.api.deps import SessionDep, SettingsDep, StorageDep
+from service.api.deps import DatabaseDep, SettingsDep, StorageDep
 from service.schemas import (
     BestRead,
     EnqueueRequest,
@@ -34,67 +34,68 @@ TrialState = Literal["RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL"]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=StudyRead, responses=_ERRORS)
-def create_study(
-    spec: StudySpec, session: SessionDep, storage: StorageDep, settings: SettingsDep
+async def create_study(
+    spec: StudySpec, db: DatabaseDep, storage: StorageDep, settings: SettingsDep
 ) -> StudyRead:
     """Create a study and start its workers."""
-    return studies.create_study(
-        session, spec, storage, capacity=studies.WorkerCapacity.of(settings)
-    )
+    capacity = studies.WorkerCapacity.of(settings)
+    return await db.run(studies.create_study, spec, storage, capacity=capacity)
 
 
 @router.get("", response_model=Page[StudySummary], responses=_ERRORS)
-def list_studies(session: SessionDep, limit: Limit = 50, offset: Offset = 0) -> Page[StudySummary]:
+async def list_studies(
+    db: DatabaseDep, limit: Limit = 50, offset: Offset = 0
+) -> Page[StudySummary]:
     """List studies, newest first."""
-    return studies.list_studies(session, limit=limit, offset=offset)
+    return await db.run(studies.list_studies, limit=limit, offset=offset)
 
 
 @router.get("/{name}", response_model=StudyRead, responses=_ERRORS)
-def read_study(name: str, session: SessionDep) -> StudyRead:
+async def read_study(name: str, db: DatabaseDep) -> StudyRead:
     """A study's spec, status, trial counts, best value and workers."""
-    return studies.read_study(session, studies.get_study(session, name))
+    return await db.run(studies.summary, name)
 
 
 @router.get("/{name}/trials", response_model=Page[TrialRead], responses=_ERRORS)
-def read_trials(
+async def read_trials(
     name: str,
-    session: SessionDep,
+    db: DatabaseDep,
     state: TrialState | None = None,
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> Page[TrialRead]:
     """A page of the study's trials by number, optionally of one state."""
-    return studies.read_trials(session, name, state=state, limit=limit, offset=offset)
+    return await db.run(studies.read_trials, name, state=state, limit=limit, offset=offset)
 
 
 @router.get("/{name}/best", response_model=BestRead, responses=_ERRORS)
-def read_best(name: str, session: SessionDep) -> BestRead:
+async def read_best(name: str, db: DatabaseDep) -> BestRead:
     """The best trial, or the Pareto front of a multi-objective study."""
-    return studies.read_best(session, name)
+    return await db.run(studies.read_best, name)
 
 
 @router.post("/{name}/stop", response_model=StudyRead, responses=_ERRORS)
-def stop_study(name: str, session: SessionDep) -> StudyRead:
+async def stop_study(name: str, db: DatabaseDep) -> StudyRead:
     """Stop a study now; in-flight trials end FAIL."""
-    return studies.stop_study(session, name)
+    return await db.run(studies.stop_study, name)
 
 
 @router.post("/{name}/pause", response_model=StudyRead, responses=_ERRORS)
-def pause_study(name: str, session: SessionDep) -> StudyRead:
+async def pause_study(name: str, db: DatabaseDep) -> StudyRead:
     """Pause: workers finish their current trial and exit."""
-    return studies.pause_study(session, name)
+    return await db.run(studies.pause_study, name)
 
 
 @router.post("/{name}/resume", response_model=StudyRead, responses=_ERRORS)
-def resume_study(name: str, session: SessionDep) -> StudyRead:
+async def resume_study(name: str, db: DatabaseDep) -> StudyRead:
     """Resume a paused, stopped or failed study."""
-    return studies.resume_study(session, name)
+    return await db.run(studies.resume_study, name)
 
 
 @router.patch("/{name}", response_model=StudyRead, responses=_ERRORS)
-def update_study(name: str, patch: StudyPatch, session: SessionDep) -> StudyRead:
+async def update_study(name: str, patch: StudyPatch, db: DatabaseDep) -> StudyRead:
     """Change n_trials, timeout_s or workers.count of a study, live."""
-    return studies.update_study(session, name, patch)
+    return await db.run(studies.update_study, name, patch)
 
 
 @router.post(
@@ -103,17 +104,17 @@ def update_study(name: str, patch: StudyPatch, session: SessionDep) -> StudyRead
     response_model=StudyRead,
     responses=_ERRORS,
 )
-def enqueue_trials(
-    name: str, request: EnqueueRequest, session: SessionDep, storage: StorageDep
+async def enqueue_trials(
+    name: str, request: EnqueueRequest, db: DatabaseDep, storage: StorageDep
 ) -> StudyRead:
     """Queue parameter sets to run next."""
-    return studies.enqueue_trials(session, name, request, storage)
+    return await db.run(studies.enqueue_trials, name, request, storage)
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
-def delete_study(
-    name: str, session: SessionDep, storage: StorageDep, settings: SettingsDep
+async def delete_study(
+    name: str, db: DatabaseDep, storage: StorageDep, settings: SettingsDep
 ) -> Response:
     """Delete a study that is not running, with its Optuna study, logs and checkpoints."""
-    studies.delete_study(session, name, storage, settings.data_dir)
+    await db.run(studies.delete_study, name, storage, settings.data_dir)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -18,7 +18,7 @@ class Health(BaseModel):
 
 
 @router.get("/tasks", response_model=list[TaskRead])
-def list_tasks() -> list[TaskRead]:
+async def list_tasks() -> list[TaskRead]:
     """Registered tasks with their metrics and default search space."""
     return [
         TaskRead.model_validate(
@@ -37,6 +37,6 @@ def list_tasks() -> list[TaskRead]:
 
 
 @router.get("/healthz", response_model=Health)
-def healthz() -> Health:
+async def healthz() -> Health:
     """Liveness."""
     return Health(status="ok")

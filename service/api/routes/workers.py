@@ -12,7 +12,7 @@ from fastapi import Path as FastApiPath
 from fastapi.responses import StreamingResponse
 
 from service import studies
-from service.api.deps import SessionDep
+from service.api.deps import DatabaseDep
 from service.db import session_scope
 from service.models import WorkerState
 from service.schemas import ErrorBody, LogRead, WorkerRead
@@ -25,9 +25,9 @@ _POLL_S = 0.25
 
 
 @router.get("/studies/{name}/workers", response_model=list[WorkerRead], responses=_ERRORS)
-def list_workers(name: str, session: SessionDep) -> list[WorkerRead]:
+async def list_workers(name: str, db: DatabaseDep) -> list[WorkerRead]:
     """A study's workers: launcher, host, pid, GPUs, state and exit code."""
-    return studies.list_workers(session, name)
+    return await db.run(studies.list_workers, name)
 
 
 def _of_trial(lines: list[str], trial: int | None) -> list[str]:
@@ -42,29 +42,31 @@ def _of_trial(lines: list[str], trial: int | None) -> list[str]:
     response_model=LogRead,
     responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
 )
-def worker_logs(
+async def worker_logs(
     worker_id: Annotated[int, FastApiPath(ge=1, le=2**31 - 1)],
     request: Request,
-    session: SessionDep,
+    db: DatabaseDep,
     tail: Annotated[int, Query(ge=1, le=10_000)] = 100,
     trial: Annotated[int | None, Query(ge=0, description="only this trial's lines")] = None,
     follow: Annotated[bool, Query(description="stream new lines as server-sent events")] = False,
 ) -> Any:
     """The last ``tail`` lines of a worker's log; ``follow=true`` streams new lines."""
-    worker = studies.get_worker(session, worker_id)
+    worker = await db.run(studies.get_worker, worker_id)
     path = Path(worker.log_path)
     sessions = request.app.state.sessions
     # A running container's log comes from the Docker API; an ended one's was kept in a file.
     docker = request.app.state.docker if worker.launcher == "docker" else None
     if docker is not None and worker.state == WorkerState.RUNNING:
         if not follow:
-            lines = docker.logs(worker_id) or log_tail(path, 1_000_000)
+            lines = await asyncio.to_thread(docker.logs, worker_id)
+            if not lines:
+                lines = await asyncio.to_thread(log_tail, path, 1_000_000)
             return LogRead(
                 worker=worker_id, state=worker.state, lines=_of_trial(lines, trial)[-tail:]
             )
         stream = _follow_container(docker, path, worker_id, sessions, trial, tail)
     elif not follow:
-        lines = log_tail(path, tail if trial is None else 1_000_000)
+        lines = await asyncio.to_thread(log_tail, path, tail if trial is None else 1_000_000)
         return LogRead(worker=worker_id, state=worker.state, lines=_of_trial(lines, trial)[-tail:])
     else:
         stream = _follow(path, worker_id, sessions, trial, tail)
