@@ -38,9 +38,11 @@ class LoadResult:
     latencies_ms: list[float]
     counts: dict[str, int]
     trials: int
+    by_path: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
-    def percentile(self, q: float) -> float:
-        ordered = sorted(self.latencies_ms)
+    def percentile(self, q: float, path: str | None = None) -> float:
+        """The ``q`` quantile of the latencies, of one path or of all."""
+        ordered = sorted(self.latencies_ms if path is None else self.by_path[path])
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
@@ -99,19 +101,27 @@ class _Connection:
         self.reader = self.writer = None
 
 
-async def _load(url: str, rate: float, seconds: float, headers: dict[str, str]) -> LoadResult:
-    paths = [
-        f"/studies/{STUDY}",
-        f"/studies/{STUDY}/trials?limit=100",
-        f"/studies/{STUDY}/trials?state=COMPLETE&limit=20",
-        f"/studies/{STUDY}/best",
-        f"/studies/{STUDY}/workers",
-        "/studies",
-        "/tasks",
-    ]
+MIXED = [
+    f"/studies/{STUDY}",
+    f"/studies/{STUDY}/trials?limit=100",
+    f"/studies/{STUDY}/trials?state=COMPLETE&limit=20",
+    f"/studies/{STUDY}/best",
+    f"/studies/{STUDY}/workers",
+    "/studies",
+    "/tasks",
+]
+# The baseline: the same rate of the cheapest request, the HTTP stack's own floor.
+HEALTH = ["/healthz"]
+
+
+async def open_loop(
+    url: str, rate: float, seconds: float, headers: dict[str, str], paths: list[str]
+) -> LoadResult:
+    """GET ``paths`` round-robin at ``rate`` per second for ``seconds``, on schedule."""
     target = httpx.URL(url)
     host, port = target.host, target.port or 80
     latencies: list[float] = []
+    by_path: dict[str, list[float]] = {path: [] for path in paths}
     errors: list[str] = []
     idle: list[_Connection] = []  # most recently used last: warm connections are reused
 
@@ -125,6 +135,7 @@ async def _load(url: str, rate: float, seconds: float, headers: dict[str, str]) 
             errors.append(f"{path}: {type(exc).__name__}: {exc}")
             return
         latencies.append((time.perf_counter() - start) * 1000)
+        by_path[path].append(latencies[-1])
         idle.append(conn)
         if status != 200:
             errors.append(f"{path}: {status}")
@@ -141,7 +152,7 @@ async def _load(url: str, rate: float, seconds: float, headers: dict[str, str]) 
     await asyncio.gather(*tasks)
     for conn in idle:
         conn.close()
-    return LoadResult(total, errors, latencies, {}, 0)
+    return LoadResult(total, errors, latencies, {}, 0, by_path)
 
 
 def run_load(
@@ -151,8 +162,13 @@ def run_load(
     headers: dict[str, str] | None = None,
     *,
     sleep_s: float = 0.3,
-) -> LoadResult:
-    """Submit the study, load the service, pause the study and wait for its trials."""
+    baseline_s: float = 0,
+) -> tuple[LoadResult, LoadResult | None]:
+    """Submit the study, load the service, pause the study and wait for its trials.
+
+    Returns the mixed reads' result and, with ``baseline_s``, that of ``/healthz``
+    at the same rate for that long first (while the workers train too).
+    """
     headers = headers or {}
     spec = {
         "name": STUDY,
@@ -175,7 +191,10 @@ def run_load(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"4 workers did not start training: {workers}")
             time.sleep(0.2)
-        result = asyncio.run(_load(url, rate, seconds, headers))
+        baseline = None
+        if baseline_s:
+            baseline = asyncio.run(open_loop(url, rate, baseline_s, headers, HEALTH))
+        result = asyncio.run(open_loop(url, rate, seconds, headers, MIXED))
         client.post(f"/studies/{STUDY}/pause").raise_for_status()
         deadline = time.monotonic() + 120
         while True:
@@ -187,7 +206,7 @@ def run_load(
             time.sleep(0.2)
         result.counts = study["counts"]
         result.trials = client.get(f"/studies/{STUDY}/trials?limit=1").json()["total"]
-    return result
+    return result, baseline
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -195,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--sleep-s", type=float, default=0.3, help="per epoch of a trial")
+    parser.add_argument("--baseline-seconds", type=float, default=10, help="of /healthz first")
     parser.add_argument("--database-url", help="default: a temp SQLite file")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -205,17 +225,29 @@ def main(argv: list[str] | None = None) -> None:
             "OMP_NUM_THREADS": "1",
         }
         with running_service(url, Path(tmp), env) as service:
-            result = run_load(service, args.rate, args.seconds, sleep_s=args.sleep_s)
+            result, baseline = run_load(
+                service,
+                args.rate,
+                args.seconds,
+                sleep_s=args.sleep_s,
+                baseline_s=args.baseline_seconds,
+            )
     backend = url.split(":", 1)[0]
     print(
         f"database={backend} rate={args.rate:g}/s seconds={args.seconds:g} workers=4 "
         f"sleep_s/epoch={args.sleep_s:g}"
     )
-    print(
-        f"requests={result.requests} errors={len(result.errors)} "
-        f"p50={statistics.median(result.latencies_ms):.1f}ms "
-        f"p99={result.percentile(0.99):.1f}ms max={max(result.latencies_ms):.1f}ms"
-    )
+    for label, res in (("baseline /healthz", baseline), ("mixed reads", result)):
+        if res is not None:
+            print(
+                f"{label:18} requests={res.requests} errors={len(res.errors)} "
+                f"p50={statistics.median(res.latencies_ms):.1f}ms "
+                f"p99={res.percentile(0.99):.1f}ms max={max(res.latencies_ms):.1f}ms"
+            )
+    if baseline is not None:
+        print(
+            f"p99 mixed / p99 baseline = {result.percentile(0.99) / baseline.percentile(0.99):.2f}"
+        )
     print(f"trials={result.trials} counts={result.counts}")
 
 

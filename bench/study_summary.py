@@ -6,6 +6,10 @@ values each, starts the service on it, and times ``GET /studies/{name}`` and
 timed in the same run, is what a service built on Optuna's API would do:
 ``study.trials`` and counting and picking the best in Python.
 
+Then ``--writers`` workers (8) start adding trials to the same study while an
+open-loop generator reads the summary and the page at ``--rate`` (100/s) for
+``--seconds`` (30): their p50 and p99 under writing.
+
     python bench/study_summary.py                       # 10,000 trials on SQLite
     python bench/study_summary.py --database-url postgresql://postgres@127.0.0.1/bench
 """
@@ -13,6 +17,7 @@ timed in the same run, is what a service built on Optuna's API would do:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
 import statistics
 import sys
@@ -29,6 +34,7 @@ from fastapi.testclient import TestClient
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.load import LoadResult, open_loop  # noqa: E402
 from bench.orchestration import running_service  # noqa: E402
 from service.api import create_app  # noqa: E402
 from service.db import optuna_storage  # noqa: E402
@@ -38,15 +44,25 @@ from service.settings import Settings  # noqa: E402
 NAME = "big"
 
 
-def populate(url: str, data_dir: Path, n_trials: int, steps: int) -> None:
+def populate(url: str, data_dir: Path, n_trials: int, steps: int, sleep_s: float = 0) -> None:
     """A study that already spent its budget: the supervisor starts no worker for it."""
     settings = Settings(database_url=url, data_dir=data_dir)
     with TestClient(create_app(settings, supervise=False)) as client:
-        spec = {"name": NAME, "task": "synthetic", "n_trials": n_trials}
+        spec = {
+            "name": NAME,
+            "task": "synthetic",
+            "n_trials": n_trials,
+            "task_args": {"sleep_s": sleep_s},  # for workers started later
+        }
         response = client.post("/studies", json=spec)
         response.raise_for_status()
-    study = optuna.load_study(study_name=NAME, storage=optuna_storage(url))
-    rng = random.Random(0)  # noqa: S311 (test data)
+    add_trials(url, NAME, n_trials, steps)
+
+
+def add_trials(url: str, name: str, n_trials: int, steps: int, seed: int = 0) -> None:
+    """Add ``n_trials`` finished trials of the synthetic space (30% pruned) to study ``name``."""
+    study = optuna.load_study(study_name=name, storage=optuna_storage(url))
+    rng = random.Random(seed)  # noqa: S311 (test data)
     dists = {
         "x": optuna.distributions.FloatDistribution(-10, 10),
         "y": optuna.distributions.IntDistribution(-10, 10),
@@ -113,17 +129,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--baseline-runs", type=int, default=5)
     parser.add_argument("--database-url", help="an empty database; default: a temp SQLite file")
+    parser.add_argument("--writers", type=int, default=8, help="workers writing during the load")
+    parser.add_argument("--rate", type=float, default=100, help="reads/s under the writers")
+    parser.add_argument("--seconds", type=float, default=30, help="of reads under the writers")
+    parser.add_argument(
+        "--writer-sleep-s", type=float, default=0.1, help="per epoch of a writer's trial"
+    )
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
         url = args.database_url or f"sqlite:///{data_dir / 'bench.db'}"
         upgrade(url)
-        populate(url, data_dir, args.trials, args.steps)
+        populate(url, data_dir, args.trials, args.steps, sleep_s=args.writer_sleep_s)
         baseline = time_optuna(url, args.baseline_runs)
-        with running_service(url, data_dir) as service_url:
+        env = {"OMP_NUM_THREADS": "1"}
+        with running_service(url, data_dir, env) as service_url:
             summary = time_http(service_url, f"/studies/{NAME}", args.requests)
             page = time_http(service_url, f"/studies/{NAME}/trials?limit=100", args.requests)
+            loaded, written = (
+                under_writers(service_url, args.writers, args.rate, args.seconds)
+                if args.writers
+                else (None, 0)
+            )
     base50, base99 = percentiles(baseline)
     backend = url.split(":", 1)[0]
     print(f"database={backend} trials={args.trials} intermediate values/trial={args.steps}")
@@ -135,6 +163,41 @@ def main(argv: list[str] | None = None) -> None:
     ):
         p50, p99 = percentiles(samples)
         print(f"{label:42} {p50:8.1f} {p99:8.1f} {base50 / p50:19.1f}")
+    if loaded is not None:
+        print(
+            f"under {args.writers} writing workers: {args.rate:g} reads/s for {args.seconds:g} s, "
+            f"{loaded.requests} requests, {len(loaded.errors)} errors, "
+            f"{written} trials written meanwhile"
+        )
+        for label, path in (("GET /studies/{name}", SUMMARY), ("GET /studies/{name}/trials", PAGE)):
+            p50 = statistics.median(loaded.by_path[path])
+            print(f"{label + ' under writers':42} {p50:8.1f} {loaded.percentile(0.99, path):8.1f}")
+
+
+SUMMARY, PAGE = f"/studies/{NAME}", f"/studies/{NAME}/trials?limit=100"
+
+
+def under_writers(url: str, writers: int, rate: float, seconds: float) -> tuple[LoadResult, int]:
+    """Reads at ``rate`` while ``writers`` workers add trials; (the reads, trials written)."""
+    with httpx.Client(base_url=url, timeout=30) as client:
+        before = client.get(SUMMARY).json()
+        room = {"n_trials": before["n_trials"] + 1_000_000, "workers": {"count": writers}}
+        client.patch(SUMMARY, json=room).raise_for_status()
+        deadline = time.monotonic() + 300
+        while True:  # the writers have started once each has finished a trial
+            workers = [
+                w for w in client.get(f"{SUMMARY}/workers").json() if w["state"] == "running"
+            ]
+            if len(workers) == writers and all(w["trials_run"] >= 1 for w in workers):
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{writers} workers did not start writing: {workers}")
+            time.sleep(0.5)
+        start = client.get(f"{PAGE[: PAGE.index('?')]}?limit=1").json()["total"]
+        result = asyncio.run(open_loop(url, rate, seconds, {}, [SUMMARY, PAGE]))
+        end = client.get(f"{PAGE[: PAGE.index('?')]}?limit=1").json()["total"]
+        client.post(f"{SUMMARY}/stop").raise_for_status()
+    return result, end - start
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 from collections.abc import Callable, Iterator
@@ -15,6 +16,9 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = [
+    "SERVICE_POOL",
+    "WORKER_POOL",
+    "Pool",
     "after_commit",
     "after_rollback",
     "make_engine",
@@ -44,10 +48,26 @@ def redact_url(url: str | URL) -> str:
     return normalize_url(url).render_as_string(hide_password=True)
 
 
-def _engine_kwargs(url: URL) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class Pool:
+    """Connections an engine keeps open (``size``) and may open beyond them for a while."""
+
+    size: int
+    overflow: int
+
+
+# The service's API and supervisor: a few requests' database work at once.
+SERVICE_POOL = Pool(size=2, overflow=4)
+# A worker's two engines (its own and Optuna's storage): one connection each stays open,
+# a second one is opened while another is in use (the study lock, the heartbeat thread).
+# Many workers on one PostgreSQL: 2 open connections per worker, 4 at most.
+WORKER_POOL = Pool(size=1, overflow=1)
+
+
+def _engine_kwargs(url: URL, pool: Pool) -> dict[str, Any]:
     if url.get_backend_name() == "sqlite":
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}}
-    return {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 4}
+    return {"pool_pre_ping": True, "pool_size": pool.size, "max_overflow": pool.overflow}
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -59,10 +79,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str | URL) -> Engine:
+def make_engine(url: str | URL, pool: Pool = SERVICE_POOL) -> Engine:
     """An engine for ``url``: SQLite in WAL mode with a busy timeout, PostgreSQL with pre-ping."""
     parsed = normalize_url(url)
-    engine = create_engine(parsed, **_engine_kwargs(parsed))
+    engine = create_engine(parsed, **_engine_kwargs(parsed, pool))
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
@@ -79,12 +99,13 @@ def optuna_storage(
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
     stale_trial_callback: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+    pool: Pool = SERVICE_POOL,
 ) -> optuna.storages.RDBStorage:
     """Optuna's storage on the same database, with the same connection settings."""
     parsed = normalize_url(url)
     storage = optuna.storages.RDBStorage(
         parsed.render_as_string(hide_password=False),
-        engine_kwargs=_engine_kwargs(parsed),
+        engine_kwargs=_engine_kwargs(parsed, pool),
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
         heartbeat_stale_trial_callback=stale_trial_callback,

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import trials
 from service.db import (
+    WORKER_POOL,
     make_engine,
     make_session_factory,
     normalize_url,
@@ -168,7 +169,7 @@ class _Worker:
     def __init__(self, study_name: str, worker_id: int, settings: Settings) -> None:
         self.name, self.worker_id, self.settings = study_name, worker_id, settings
         self.trials_run = 0
-        self.engine = make_engine(settings.database_url)
+        self.engine = make_engine(settings.database_url, WORKER_POOL)
         self.sessions: sessionmaker[Session] = make_session_factory(self.engine)
         with session_scope(self.sessions) as session:
             row = get_study(session, study_name)
@@ -183,6 +184,7 @@ class _Worker:
             heartbeat_interval=settings.heartbeat_interval_s,
             grace_period=settings.heartbeat_grace_s,
             stale_trial_callback=self.retry,
+            pool=WORKER_POOL,
         )
         self.study = optuna.load_study(
             study_name=study_name,

@@ -25,6 +25,12 @@ def test_study_summary_small_run_prints_both_reads_and_the_baseline() -> None:
             "5",
             "--baseline-runs",
             "1",
+            "--writers",
+            "2",
+            "--rate",
+            "20",
+            "--seconds",
+            "3",
         ],
         capture_output=True,
         text=True,
@@ -35,7 +41,7 @@ def test_study_summary_small_run_prints_both_reads_and_the_baseline() -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert lines[0] == "database=sqlite trials=120 intermediate values/trial=5"
-    rows = {line[:42].strip(): line[42:].split() for line in lines[2:]}
+    rows = {line[:42].strip(): line[42:].split() for line in lines[2:5]}
     assert set(rows) == {
         "optuna study.trials + counts + best",
         "GET /studies/{name}",
@@ -44,3 +50,13 @@ def test_study_summary_small_run_prints_both_reads_and_the_baseline() -> None:
     for p50, p99, ratio in rows.values():
         assert 0 < float(p50) <= float(p99)
         assert float(ratio) > 0
+    assert lines[5].startswith("under 2 writing workers: 20 reads/s for 3 s, 60 requests, 0 errors")
+    written = int(lines[5].split(", ")[-1].split()[0])
+    assert written > 0  # the workers wrote while the reads ran
+    loaded = {line[:42].strip(): line[42:].split() for line in lines[6:]}
+    assert set(loaded) == {
+        "GET /studies/{name} under writers",
+        "GET /studies/{name}/trials under writers",
+    }
+    for p50, p99 in loaded.values():
+        assert 0 < float(p50) <= float(p99)

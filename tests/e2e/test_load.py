@@ -33,7 +33,7 @@ def service_env() -> dict[str, str]:
 
 
 def test_mixed_reads_at_a_fixed_rate_while_workers_train(service: Service) -> None:
-    result = run_load(service.url, rate=RATE, seconds=SECONDS)
+    result, _ = run_load(service.url, rate=RATE, seconds=SECONDS)
     assert result.requests == RATE * SECONDS
     assert result.errors == []
     assert len(result.latencies_ms) == RATE * SECONDS

@@ -1,0 +1,38 @@
+"""A small run of bench/pruning.py so it cannot rot (no timing asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_pruning_small_run_compares_each_pruner_with_the_baseline() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "pruning.py"), "--seeds", "1", "--trials", "8"]
+        + ["--epochs", "3"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("task=digits seeds=1 trials/seed=8 epochs/trial=3")
+    rows = {line[:22].strip(): line[22:].split() for line in lines[2:]}
+    assert set(rows) == {"NopPruner (baseline)", "MedianPruner", "HyperbandPruner"}
+    epochs, ratio, pruned, best, diff, _ = rows["NopPruner (baseline)"]
+    # The baseline trains every trial to the end and prunes none.
+    assert (int(epochs), float(ratio), int(pruned), float(diff)) == (8 * 3, 1.0, 0, 0.0)
+    assert 10 < float(best) <= 100  # digits: far better than chance
+    for name in ("MedianPruner", "HyperbandPruner"):
+        epochs, ratio, pruned, best, _, _ = rows[name]
+        assert int(epochs) == round(float(ratio) * 24)
+        # A pruned trial stops early: fewer epochs than trials x epochs.
+        assert int(epochs) <= 24 - int(pruned)
