@@ -181,7 +181,7 @@ def under_writers(url: str, writers: int, rate: float, seconds: float) -> tuple[
     """Reads at ``rate`` while ``writers`` workers add trials; (the reads, trials written)."""
     with httpx.Client(base_url=url, timeout=30) as client:
         before = client.get(SUMMARY).json()
-        room = {"n_trials": before["n_trials"] + 1_000_000, "workers": {"count": writers}}
+        room = {"n_trials": before["n_trials"] + 100_000, "workers": {"count": writers}}
         client.patch(SUMMARY, json=room).raise_for_status()
         deadline = time.monotonic() + 300
         while True:  # the writers have started once each has finished a trial

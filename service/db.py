@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import logging
+import random
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,10 +66,29 @@ SERVICE_POOL = Pool(size=2, overflow=4)
 WORKER_POOL = Pool(size=1, overflow=1)
 
 
+def _split_options(url: URL) -> tuple[URL, dict[str, Any]]:
+    """The URL without the options that are psycopg's, and those as connect arguments.
+
+    ``?prepare_threshold=none`` turns psycopg's prepared statements off, as a
+    connection through PgBouncer < 1.21 in transaction mode needs.
+    """
+    if "prepare_threshold" not in url.query:
+        return url, {}
+    raw = url.query["prepare_threshold"]
+    value = raw if isinstance(raw, str) else raw[-1]
+    threshold = None if value.lower() == "none" else int(value)
+    return url.difference_update_query(["prepare_threshold"]), {"prepare_threshold": threshold}
+
+
 def _engine_kwargs(url: URL, pool: Pool) -> dict[str, Any]:
     if url.get_backend_name() == "sqlite":
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}}
-    return {"pool_pre_ping": True, "pool_size": pool.size, "max_overflow": pool.overflow}
+    return {
+        "pool_pre_ping": True,
+        "pool_size": pool.size,
+        "max_overflow": pool.overflow,
+        "connect_args": _split_options(url)[1],
+    }
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -82,7 +103,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def make_engine(url: str | URL, pool: Pool = SERVICE_POOL) -> Engine:
     """An engine for ``url``: SQLite in WAL mode with a busy timeout, PostgreSQL with pre-ping."""
     parsed = normalize_url(url)
-    engine = create_engine(parsed, **_engine_kwargs(parsed, pool))
+    engine = create_engine(_split_options(parsed)[0], **_engine_kwargs(parsed, pool))
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
@@ -104,7 +125,7 @@ def optuna_storage(
     """Optuna's storage on the same database, with the same connection settings."""
     parsed = normalize_url(url)
     storage = optuna.storages.RDBStorage(
-        parsed.render_as_string(hide_password=False),
+        _split_options(parsed)[0].render_as_string(hide_password=False),
         engine_kwargs=_engine_kwargs(parsed, pool),
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
@@ -153,6 +174,8 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 
 _ADVISORY_NAMESPACE = 0x4850_4F  # "HPO": first key of the per-study advisory lock
+_TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:a, :b)")
+_LOCK_POLL_MIN_S, _LOCK_POLL_MAX_S = 0.002, 0.05
 
 
 @contextmanager
@@ -171,15 +194,20 @@ def study_lock(engine: Engine, study_row_id: int) -> Iterator[None]:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
         return
-    with engine.connect() as conn:
-        conn.execute(
-            text("SELECT pg_advisory_lock(:a, :b)"), {"a": _ADVISORY_NAMESPACE, "b": study_row_id}
-        )
-        try:
-            yield
-        finally:
-            conn.execute(
-                text("SELECT pg_advisory_unlock(:a, :b)"),
-                {"a": _ADVISORY_NAMESPACE, "b": study_row_id},
-            )
-            conn.commit()
+    # A transaction-level lock, released when the transaction ends however it ends
+    # (a session lock would outlive a crash behind PgBouncer in transaction mode).
+    # Waiters poll and hold no connection meanwhile: waiting inside a transaction,
+    # they could occupy every server connection of a pool while the holder needs
+    # one more for the work it locked for.
+    delay = _LOCK_POLL_MIN_S
+    while True:
+        with engine.connect() as conn:
+            if conn.scalar(_TRY_LOCK, {"a": _ADVISORY_NAMESPACE, "b": study_row_id}):
+                try:
+                    yield
+                finally:
+                    conn.rollback()
+                return
+            conn.rollback()
+        time.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 (jitter)
+        delay = min(delay * 2, _LOCK_POLL_MAX_S)

@@ -96,7 +96,7 @@ def test_the_images_run_real_cli_commands() -> None:
 
 def test_compose_services_healthchecks_and_dependencies(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"postgres", "service", "dashboard", "worker"}
+    assert set(services) == {"postgres", "pgbouncer", "service", "dashboard", "worker"}
     postgres = services["postgres"]
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
     assert any(v.startswith("pgdata:") for v in postgres["volumes"])
@@ -107,17 +107,35 @@ def test_compose_services_healthchecks_and_dependencies(compose: dict[str, Any])
     assert dashboard["command"][:2] == ["helios-hpo", "dashboard"]
     assert dashboard["command"][dashboard["command"].index("--host") + 1] == "0.0.0.0"  # noqa: S104
     assert "8080" in " ".join(dashboard["healthcheck"]["test"])
-    # One database for all: the service, the dashboard and the workers.
-    urls = {
-        services[s]["environment"]["HELIOS_HPO_DATABASE_URL"] for s in services if s != "postgres"
-    }
-    assert len(urls) == 1
-    assert next(iter(urls)).startswith("postgresql://helios:")
+    # One database for all: the service and the dashboard directly, workers through PgBouncer.
+    direct = "postgresql://helios:${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}@postgres:5432/helios"
+    pooled = (
+        "postgresql://helios:${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}@pgbouncer:6432/helios"
+        "?prepare_threshold=none"
+    )
+    for name in ("service", "dashboard"):
+        assert services[name]["environment"]["HELIOS_HPO_DATABASE_URL"] == direct, name
+    assert services["worker"]["environment"]["HELIOS_HPO_DATABASE_URL"] == pooled
+    assert services["service"]["environment"]["HELIOS_HPO_DOCKER_DATABASE_URL"] == pooled
     assert set(compose["volumes"]) == {"pgdata", "data"}
     # Listening beyond loopback, the API and the dashboard refuse to start without tokens.
     for name in ("service", "dashboard"):
         assert "HELIOS_HPO_API_TOKENS" in services[name]["environment"], name
     assert "HELIOS_HPO_API_TOKENS" not in services["worker"]["environment"]
+
+
+def test_compose_pgbouncer_pools_transactions_in_front_of_postgres(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    bouncer = services["pgbouncer"]
+    env = bouncer["environment"]
+    assert env["POOL_MODE"] == "transaction"
+    assert (env["DB_HOST"], env["DB_NAME"], env["LISTEN_PORT"]) == ("postgres", "helios", "6432")
+    assert int(env["DEFAULT_POOL_SIZE"]) < 100 < int(env["MAX_CLIENT_CONN"])
+    assert bouncer["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "6432" in " ".join(bouncer["healthcheck"]["test"])
+    assert services["service"]["depends_on"]["pgbouncer"]["condition"] == "service_healthy"
 
 
 def test_compose_worker_reserves_a_gpu_and_shares_the_data_volume(

@@ -1,0 +1,162 @@
+"""Through PgBouncer in transaction mode: a study runs to the end on few server connections.
+
+The service and its workers reach PostgreSQL only through PgBouncer (the
+compose stack's way past PostgreSQL's connection limit); the study lock is a
+transaction-level advisory lock and psycopg's prepared statements are off
+(``?prepare_threshold=none``), as transaction pooling needs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from service.db import normalize_url
+from tests.e2e.conftest import _kill_workers, start_service, stop_service
+from tests.support import free_port, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+POOL_SIZE = 4  # server connections PgBouncer opens to the database
+WORKERS = 8
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_bin() -> str:
+    """Debian's PgBouncer, installed here when missing."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "pgbouncer"]
+    for step in ([install], [["apt-get", "update", "-q"], install]):  # then with fresh lists
+        if shutil.which("pgbouncer") is not None or os.geteuid() != 0:
+            break
+        for command in step:
+            subprocess.run(command, env=env, check=False, capture_output=True, timeout=600)
+    path = shutil.which("pgbouncer")
+    if path is None:
+        pytest.fail("this test needs PgBouncer: sudo apt-get install pgbouncer")
+    return path
+
+
+@pytest.fixture
+def pgbouncer(pgbouncer_bin: str, database_url: str) -> Iterator[str]:
+    """PgBouncer in transaction mode in front of the test's database; yields its URL."""
+    server = make_url(database_url)
+    root = Path(tempfile.mkdtemp(prefix="hpo-pgbouncer-"))
+    port = free_port()
+    (root / "users.txt").write_text(f'"{server.username}" ""\n')
+    (root / "pgbouncer.ini").write_text(
+        "[databases]\n"
+        f"{server.database} = host={server.host} port={server.port or 5432} "
+        f"dbname={server.database}\n"
+        "[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        f"auth_type = trust\nauth_file = {root / 'users.txt'}\n"
+        f"pool_mode = transaction\ndefault_pool_size = {POOL_SIZE}\n"
+        "max_client_conn = 500\nreserve_pool_size = 0\n"
+        f"logfile = {root / 'pgbouncer.log'}\n"
+    )
+    user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if user:
+        shutil.chown(root, "postgres")
+        for path in root.iterdir():
+            shutil.chown(path, "postgres")
+    proc = subprocess.Popen([*user, pgbouncer_bin, str(root / "pgbouncer.ini")])  # noqa: S603
+    url = server.set(port=port).update_query_dict({"prepare_threshold": "none"})
+    try:
+        wait_for(lambda: _answers(url.render_as_string(hide_password=False)), 30, "PgBouncer")
+        yield url.render_as_string(hide_password=False)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _answers(url: str) -> bool:
+    from service.db import make_engine
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+    except Exception:
+        return False
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def database_url() -> Iterator[str]:
+    from tests.databases import _postgres_database
+
+    yield from _postgres_database()
+
+
+def test_a_study_through_pgbouncer_finishes_on_its_pool_of_server_connections(
+    database_url: str, pgbouncer: str, tmp_path: Path
+) -> None:
+    server = normalize_url(database_url)
+    admin = create_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    peak = 0
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        with admin.connect() as conn:
+            while not done.wait(0.05):
+                count = conn.scalar(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE datname = :db"),
+                    {"db": server.database},
+                )
+                peak = max(peak, int(count or 0))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    svc = start_service(pgbouncer, tmp_path / "data", tmp_path / "service.log", {})
+    try:
+        spec = {
+            "name": "bounced",
+            "task": "synthetic",
+            "n_trials": 40,
+            "max_failed_trials": 0,
+            "task_args": {"sleep_s": 0.02},
+            "workers": {"count": WORKERS},
+        }
+        with httpx.Client(base_url=svc.url, timeout=30) as client:
+            assert client.post("/studies", json=spec).status_code == 201
+
+            def finished() -> bool:
+                return bool(client.get("/studies/bounced").json()["status"] != "running")
+
+            wait_for(finished, 300, "the study to finish through PgBouncer")
+            study = client.get("/studies/bounced").json()
+
+            def all_ended() -> list[dict[str, object]] | None:
+                workers: list[dict[str, object]] = client.get("/studies/bounced/workers").json()
+                return workers if all(w["state"] != "running" for w in workers) else None
+
+            workers = wait_for(all_ended, 60, "the workers to exit")
+    finally:
+        done.set()
+        watcher.join()
+        stop_service(svc)
+        _kill_workers(database_url)
+        admin.dispose()
+    assert study["status"] == "finished", study["status_reason"]
+    counts = study["counts"]
+    assert counts["COMPLETE"] + counts["PRUNED"] == 40, counts
+    assert counts["FAIL"] == counts["RUNNING"] == 0, counts
+    assert len(workers) == WORKERS
+    assert all(w["state"] == "exited" for w in workers), workers
+    # The service and 8 workers would hold ~20 connections directly; PgBouncer opens 4.
+    assert 0 < peak <= POOL_SIZE, f"{peak} server connections"
