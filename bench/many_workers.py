@@ -13,6 +13,8 @@ included). Prints per run the peak, the trials and their states, worker
 processes that failed, and deadlocks (``pg_stat_database``).
 
     python bench/many_workers.py --database-url postgresql://postgres@127.0.0.1/bench
+    python bench/many_workers.py --database-url postgresql://postgres@127.0.0.1/bench \
+        --via "postgresql://postgres@127.0.0.1:6432/bench?prepare_threshold=none"
 """
 
 from __future__ import annotations
@@ -145,11 +147,12 @@ def run_raw(url: str, workers: int, n_trials: int) -> Run:
     )
 
 
-def run_service(url: str, data_dir: Path, workers: int, n_trials: int) -> Run:
+def run_service(url: str, data_dir: Path, workers: int, n_trials: int, via: str | None) -> Run:
+    """The service's run; with ``via`` (a PgBouncer URL) the service and workers use it."""
     peak = ConnectionPeak(url)
     deadlocks = peak.deadlocks()
     env = {"OMP_NUM_THREADS": "1", "HELIOS_HPO_HEARTBEAT_GRACE_S": "120"}
-    with peak.watching(), running_service(url, data_dir, env) as service:
+    with peak.watching(), running_service(via or url, data_dir, env) as service:
         spec = {
             "name": "many",
             "task": "synthetic",
@@ -184,6 +187,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=32)
     parser.add_argument("--trials", type=int, default=320)
     parser.add_argument("--database-url", required=True, help="an empty PostgreSQL database")
+    parser.add_argument(
+        "--via",
+        help="the service and its workers connect here (PgBouncer in front of the database)",
+    )
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = args.database_url
@@ -192,13 +199,14 @@ def main(argv: list[str] | None = None) -> None:
     upgrade(url)
     with tempfile.TemporaryDirectory() as tmp:
         raw = run_raw(url, args.workers, args.trials)
-        service = run_service(url, Path(tmp), args.workers, args.trials)
+        service = run_service(url, Path(tmp), args.workers, args.trials, args.via)
     print(f"database=postgresql workers={args.workers} trials={args.trials}")
     print(
         f"{'run':26} {'peak connections':>16} {'per worker':>10} {'trials':>6} "
         f"{'failed processes':>16} {'deadlocks':>9} {'seconds':>8}  states"
     )
-    for label, run in (("raw Optuna (baseline)", raw), ("service", service)):
+    service_label = "service via PgBouncer" if args.via else "service"
+    for label, run in (("raw Optuna (baseline)", raw), (service_label, service)):
         print(
             f"{label:26} {run.peak_connections:16d} {run.peak_connections / args.workers:10.2f} "
             f"{run.trials:6d} {run.failed_processes:16d} {run.deadlocks:9d} "
