@@ -86,6 +86,13 @@ class Settings(BaseSettings):
         None, description="A file of ROLE:TOKEN lines, read at start."
     )
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Larger request bodies get 413.")
+    worker_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Workers lower their CPU priority by this much: on a shared host the API, "
+        "the supervisor and heartbeats stay responsive while workers keep the CPU busy.",
+    )
     api_threads: int = Field(
         4,
         ge=1,

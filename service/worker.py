@@ -369,8 +369,14 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise WorkerStopped(f"signal {signum}")
 
 
+def lower_priority(nice: int) -> int:
+    """Lower this process's CPU priority by ``nice``; the resulting niceness."""
+    return os.nice(nice)
+
+
 def run_worker(study_name: str, worker_id: int, settings: Settings) -> int:
     """Run trials of ``study_name`` until its budget is spent or it stops; the exit code."""
+    lower_priority(settings.worker_nice)
     _configure_logging(worker_id)
     # Heartbeats and fail_stale_trials are experimental in Optuna; we rely on them knowingly.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -1,7 +1,9 @@
-"""A worker imports torch only when a trial trains: many idle workers stay small."""
+"""A worker imports torch only when a trial trains (many idle workers stay small), and
+yields the CPU to the service on a shared host."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -17,3 +19,24 @@ def test_the_worker_process_does_not_import_torch_before_a_trial() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_a_worker_runs_at_the_configured_lower_priority() -> None:
+    code = (
+        "import os\n"
+        "from service.settings import Settings\n"
+        "from service.worker import lower_priority\n"
+        "before = os.nice(0)\n"
+        "lower_priority(Settings().worker_nice)\n"
+        "print(os.nice(0) - before)\n"
+    )
+    env = {**os.environ, "HELIOS_HPO_WORKER_NICE": "7"}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        timeout=60,
+    ).stdout
+    assert out.strip() == "7"
