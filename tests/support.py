@@ -1,11 +1,16 @@
-"""Helpers shared by the test suites: free ports and polling with a deadline."""
+"""Helpers shared by the test suites: free ports, polling with a deadline, Debian tools."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 
 def free_port() -> int:
@@ -27,3 +32,18 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(interval_s)
+
+
+def debian_tool(command: str, package: str) -> str:
+    """The path of ``command``, installing Debian's ``package`` when it is missing (as root)."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
+    for step in ([install], [["apt-get", "update", "-q"], install]):  # then with fresh lists
+        if shutil.which(command) is not None or os.geteuid() != 0:
+            break
+        for argv in step:
+            subprocess.run(argv, env=env, check=False, capture_output=True, timeout=600)  # noqa: S603
+    path = shutil.which(command)
+    if path is None:
+        pytest.fail(f"this test needs Debian's {package}: sudo apt-get install {package}")
+    return path

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench_tests.support import run_bench
 
 
 @pytest.mark.slow
 def test_ask_tell_small_run_prints_both_per_study_size() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "ask_tell.py"), "--sizes", "0,50", "--trials", "3"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=REPO,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    lines = proc.stdout.splitlines()
+    lines = run_bench("ask_tell.py", "--sizes", "0,50", "--trials", "3", timeout_s=300)
     assert lines[0] == "database=sqlite sampler=TPESampler pruner=MedianPruner timed=3"
     rows = [line.split() for line in lines[2:]]
     assert [int(row[0]) for row in rows] == [0, 50]

@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench_tests.support import run_bench
 
 
 @pytest.mark.slow
 def test_pruning_small_run_compares_each_pruner_with_the_baseline() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "pruning.py"), "--seeds", "1", "--trials", "8"]
-        + ["--epochs", "3"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        cwd=REPO,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    lines = proc.stdout.splitlines()
+    lines = run_bench("pruning.py", "--seeds", "1", "--trials", "8", "--epochs", "3", timeout_s=600)
     assert lines[0].startswith("task=digits seeds=1 trials/seed=8 epochs/trial=3")
     rows = {line[:22].strip(): line[22:].split() for line in lines[2:]}
     assert set(rows) == {"NopPruner (baseline)", "MedianPruner", "HyperbandPruner"}

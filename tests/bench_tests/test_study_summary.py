@@ -2,44 +2,31 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench_tests.support import run_bench
 
 
 @pytest.mark.slow
 def test_study_summary_small_run_prints_both_reads_and_the_baseline() -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "study_summary.py"),
-            "--trials",
-            "120",
-            "--steps",
-            "5",
-            "--requests",
-            "5",
-            "--baseline-runs",
-            "1",
-            "--writers",
-            "2",
-            "--rate",
-            "20",
-            "--seconds",
-            "3",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=REPO,
+    lines = run_bench(
+        "study_summary.py",
+        "--trials",
+        "120",
+        "--steps",
+        "5",
+        "--requests",
+        "5",
+        "--baseline-runs",
+        "1",
+        "--writers",
+        "2",
+        "--rate",
+        "20",
+        "--seconds",
+        "3",
+        timeout_s=300,
     )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    lines = proc.stdout.splitlines()
     assert lines[0] == "database=sqlite trials=120 intermediate values/trial=5"
     rows = {line[:42].strip(): line[42:].split() for line in lines[2:5]}
     assert set(rows) == {

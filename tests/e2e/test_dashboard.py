@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import Service, wait_for_status
-from tests.support import free_port
+from tests.support import debian_tool, free_port
 
 ARTIFACTS = Path(os.environ.get("HELIOS_HPO_TEST_ARTIFACTS", "test-artifacts"))
 
@@ -20,17 +19,7 @@ ARTIFACTS = Path(os.environ.get("HELIOS_HPO_TEST_ARTIFACTS", "test-artifacts"))
 @pytest.fixture(scope="session")
 def chromium() -> str:
     """Debian's Chromium, installed here when missing (the machine has no browser)."""
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
-    for step in ([install], [["apt-get", "update", "-q"], install]):  # then with fresh lists
-        if shutil.which("chromium") is not None or os.geteuid() != 0:
-            break
-        for command in step:
-            subprocess.run(command, env=env, check=False, capture_output=True, timeout=600)
-    path = shutil.which("chromium")
-    if path is None:
-        pytest.fail("this test needs Debian's chromium: sudo apt-get install chromium")
-    return path
+    return debian_tool("chromium", "chromium")
 
 
 def _page(chromium: str, url: str, *extra: str) -> str:

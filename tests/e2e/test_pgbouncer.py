@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 
 from service.db import normalize_url
 from tests.e2e.conftest import _kill_workers, start_service, stop_service
-from tests.support import free_port, wait_for
+from tests.support import debian_tool, free_port, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -34,17 +34,7 @@ WORKERS = 8
 @pytest.fixture(scope="session")
 def pgbouncer_bin() -> str:
     """Debian's PgBouncer, installed here when missing."""
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "pgbouncer"]
-    for step in ([install], [["apt-get", "update", "-q"], install]):  # then with fresh lists
-        if shutil.which("pgbouncer") is not None or os.geteuid() != 0:
-            break
-        for command in step:
-            subprocess.run(command, env=env, check=False, capture_output=True, timeout=600)
-    path = shutil.which("pgbouncer")
-    if path is None:
-        pytest.fail("this test needs PgBouncer: sudo apt-get install pgbouncer")
-    return path
+    return debian_tool("pgbouncer", "pgbouncer")
 
 
 @pytest.fixture
