@@ -34,6 +34,7 @@ from service.schemas import (
 from service.settings import Settings
 from service.space import distributions, param_errors, resolve_spec
 from service.tasks import UnknownTaskError, get_task
+from service.trial_stats import TrialStats, trial_stats
 
 __all__ = [
     "WorkerCapacity",
@@ -250,9 +251,10 @@ def _optuna_ref_named(session: Session, name: str) -> tuple[int, list[str]]:
 
 
 def read_study(session: Session, row: StudyRow) -> StudyRead:
-    """The summary of a study: counts and best value come from SQL aggregates."""
+    """The summary of a study: counts and best trial kept incrementally (``trial_stats``)."""
     study_id, directions = _optuna_ref(session, row)
-    best = trials.best_value(session, study_id, directions[0]) if len(directions) == 1 else None
+    stats = _stats(session, study_id, directions)
+    best = stats.best
     return StudyRead(
         name=row.name,
         task=row.task,
@@ -260,10 +262,10 @@ def read_study(session: Session, row: StudyRow) -> StudyRead:
         status_reason=row.status_reason,
         directions=directions,
         n_trials=row.spec["n_trials"],
-        counts=trials.trial_counts(session, study_id),
-        best_trial=best[0] if best else None,
-        best_value=best[1] if best else None,
-        best_values=[best[1]] if best else None,
+        counts=stats.counts,
+        best_trial=best.number if best else None,
+        best_value=best.value if best else None,
+        best_values=[best.value] if best else None,
         created_at=row.created_at,
         finished_at=row.finished_at,
         spec=StudySpec.model_validate(row.spec),
@@ -280,15 +282,28 @@ def read_trials(
     session: Session, name: str, *, state: str | None, limit: int, offset: int
 ) -> Page[TrialRead]:
     """One page of a study's trials by number."""
-    study_id, _ = _optuna_ref_named(session, name)
-    items, total = trials.trial_page(session, study_id, state=state, limit=limit, offset=offset)
+    study_id, directions = _optuna_ref_named(session, name)
+    counts = _stats(session, study_id, directions).counts
+    total = counts[state] if state is not None else sum(counts.values())
+    items = trials.trial_page(session, study_id, state=state, limit=limit, offset=offset)
     return Page(items=items, total=total, limit=limit, offset=offset)
+
+
+def _stats(session: Session, study_id: int, directions: list[str]) -> TrialStats:
+    return trial_stats(
+        session.connection(), study_id, directions[0] if len(directions) == 1 else None
+    )
 
 
 def read_best(session: Session, name: str) -> BestRead:
     """The best trial, or the Pareto front of a multi-objective study."""
     study_id, directions = _optuna_ref_named(session, name)
-    return BestRead(directions=directions, trials=trials.best_trials(session, study_id, directions))
+    if len(directions) > 1:
+        front = trials.pareto_front(session, study_id, directions)
+        return BestRead(directions=directions, trials=front)
+    best = _stats(session, study_id, directions).best
+    ids = [best.trial_id] if best is not None else []
+    return BestRead(directions=directions, trials=trials.trials_by_id(session, ids))
 
 
 def _set_status(row: StudyRow, status: StudyStatus, reason: str | None) -> None:

@@ -40,17 +40,17 @@ from service.schemas import TrialRead
 __all__ = [
     "BUDGET_STATES",
     "TRIAL_STATES",
-    "best_trials",
-    "best_value",
     "budget_used",
     "budget_used_query",
     "optuna_study_id",
+    "pareto_front",
     "reserved_trial",
     "silent_running_trials",
     "study_directions",
     "study_ref",
     "trial_counts",
     "trial_page",
+    "trials_by_id",
     "unretried_failures",
 ]
 
@@ -249,36 +249,8 @@ def unretried_failures(session: Session, study_id: int) -> int:
     return sum(1 for number in failed if number not in retried)
 
 
-def _best_query(maximize: bool) -> Select[int, int, float]:
-    """The best COMPLETE trial of a single-objective study: (trial_id, number, value)."""
-    value = trial_values.c.value
-    return (
-        select(trials.c.trial_id, trials.c.number, value)
-        .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
-        .where(
-            trials.c.study_id == bindparam("study_id"),
-            trials.c.state == "COMPLETE",
-            value.is_not(None),
-        )
-        .order_by(value.desc() if maximize else value.asc(), trials.c.number)
-        .limit(1)
-    )
-
-
-_BEST = {"maximize": _best_query(maximize=True), "minimize": _best_query(maximize=False)}
-
-
-def best_value(session: Session, study_id: int, direction: str) -> tuple[int, float] | None:
-    """(number, value) of the best COMPLETE trial of a single-objective study."""
-    row = session.connection().execute(_BEST[direction], {"study_id": study_id}).first()
-    return (row.number, row.value) if row is not None else None
-
-
-def best_trials(session: Session, study_id: int, directions: list[str]) -> list[TrialRead]:
-    """The best COMPLETE trial, or the Pareto front for several objectives."""
-    if len(directions) == 1:
-        row = session.connection().execute(_BEST[directions[0]], {"study_id": study_id}).first()
-        return _load(session, [row.trial_id]) if row is not None else []
+def pareto_front(session: Session, study_id: int, directions: list[str]) -> list[TrialRead]:
+    """The COMPLETE trials that no other COMPLETE trial dominates."""
     values: dict[int, list[float]] = defaultdict(list)
     rows = session.connection().execute(
         select(trials.c.trial_id, trial_values.c.value, trial_values.c.value_type)
@@ -298,7 +270,7 @@ def best_trials(session: Session, study_id: int, directions: list[str]) -> list[
         tid: [s * v for s, v in zip(signs, vals, strict=True)] for tid, vals in values.items()
     }
     front = [tid for tid, p in points.items() if not any(_dominates(q, p) for q in points.values())]
-    return _load(session, front)
+    return trials_by_id(session, front)
 
 
 def _dominates(a: list[float], b: list[float]) -> bool:
@@ -307,19 +279,22 @@ def _dominates(a: list[float], b: list[float]) -> bool:
     )
 
 
-def _page_queries(by_state: bool) -> tuple[Select[int], Select[Any, Any, Any, Any, Any]]:
-    """(count, page) statements over a study's trials, optionally of one state."""
+def _page_query(by_state: bool) -> Select[Any, Any, Any, Any, Any]:
+    """A page of a study's trials, optionally of one state.
+
+    Ordered by trial id, which is the order of their numbers (Optuna numbers a
+    study's trials as it creates them): the index on the study id yields it
+    without sorting the study, at any offset.
+    """
     where = [trials.c.study_id == bindparam("study_id")]
     if by_state:
         where.append(trials.c.state == bindparam("state", type_=_STATE))
-    count = select(func.count()).select_from(trials).where(*where)
-    page = (
+    return (
         _TRIAL_COLUMNS.where(*where)
-        .order_by(trials.c.number)
+        .order_by(trials.c.trial_id)
         .limit(bindparam("limit", type_=Integer))
         .offset(bindparam("offset", type_=Integer))
     )
-    return count, page
 
 
 _TRIAL_COLUMNS = select(
@@ -331,7 +306,7 @@ _TRIAL_COLUMNS = select(
 )
 _IDS: BindParameter[list[int]] = bindparam("ids", expanding=True)
 _TRIALS_BY_ID = _TRIAL_COLUMNS.where(trials.c.trial_id.in_(_IDS)).order_by(trials.c.number)
-_PAGES = {False: _page_queries(by_state=False), True: _page_queries(by_state=True)}
+_PAGES = {False: _page_query(by_state=False), True: _page_query(by_state=True)}
 _PARAMS = select(
     trial_params.c.trial_id,
     trial_params.c.param_name,
@@ -365,16 +340,14 @@ _INTERMEDIATE = (
 
 def trial_page(
     session: Session, study_id: int, *, state: str | None, limit: int, offset: int
-) -> tuple[list[TrialRead], int]:
-    """One page of trials by number, optionally of one state, and the total."""
-    count, page = _PAGES[state is not None]
+) -> list[TrialRead]:
+    """One page of trials by number, optionally of one state."""
     args = {"study_id": study_id, "state": state, "limit": limit, "offset": offset}
     conn = session.connection()
-    total = conn.scalar(count, args) or 0
-    return _assemble(conn, conn.execute(page, args).all()), int(total)
+    return _assemble(conn, conn.execute(_PAGES[state is not None], args).all())
 
 
-def _load(session: Session, trial_ids: list[int]) -> list[TrialRead]:
+def trials_by_id(session: Session, trial_ids: list[int]) -> list[TrialRead]:
     """Trials by id, in number order."""
     if not trial_ids:
         return []

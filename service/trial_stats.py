@@ -1,0 +1,154 @@
+"""Per-study trial counts and best value, kept incrementally for the API's reads.
+
+Optuna never changes a finished trial (COMPLETE, PRUNED, FAIL), so what was
+counted once stays counted: a read fetches only the trials created since the
+last read and those that were unfinished then. At 10,000 trials a summary reads
+a handful of rows instead of aggregating all of them on every request.
+
+A snapshot is rebuilt from every trial when a check fails (a trial it knew is
+gone or renumbered, the numbers are not contiguous) and every ``REBUILD_S``
+seconds, which bounds what nothing else would catch: a trial committed on
+PostgreSQL after one with a larger id was read.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from sqlalchemy import and_, bindparam, select
+from sqlalchemy.engine import Connection, Engine, Row
+
+from service.trials import TRIAL_STATES, trial_values, trials
+
+__all__ = ["REBUILD_S", "Best", "TrialStats", "trial_stats"]
+
+REBUILD_S = 30.0
+_FINISHED = frozenset({"COMPLETE", "PRUNED", "FAIL"})
+
+_ROWS = select(trials.c.trial_id, trials.c.number, trials.c.state, trial_values.c.value).outerjoin(
+    trial_values,
+    and_(trial_values.c.trial_id == trials.c.trial_id, trial_values.c.objective == 0),
+)
+# From the last trial seen on (it is read again to check it is still there).
+_FROM = _ROWS.where(
+    trials.c.study_id == bindparam("study_id"), trials.c.trial_id >= bindparam("first")
+).order_by(trials.c.trial_id)
+_BY_ID = _ROWS.where(trials.c.trial_id.in_(bindparam("ids", expanding=True)))
+
+
+class Best(NamedTuple):
+    """The best COMPLETE trial of a single-objective study."""
+
+    number: int
+    value: float
+    trial_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class TrialStats:
+    """Trials per state (every state, zeros included) and the best COMPLETE trial."""
+
+    counts: dict[str, int]
+    best: Best | None  # None for several objectives
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    last_id: int  # the largest trial id seen
+    last_number: int  # its number
+    seen: int  # trials seen
+    open_ids: tuple[int, ...]  # seen unfinished: read again next time
+    finished: dict[str, int]
+    best: Best | None
+    built_at: float
+
+
+_EMPTY = _Snapshot(0, -1, 0, (), {}, None, 0.0)
+_caches: weakref.WeakKeyDictionary[Engine, dict[tuple[int, str | None], _Snapshot]] = (
+    weakref.WeakKeyDictionary()
+)
+_lock = threading.Lock()
+
+
+def trial_stats(conn: Connection, study_id: int, direction: str | None) -> TrialStats:
+    """Counts and best trial of Optuna study ``study_id``, as of ``conn``'s transaction.
+
+    Args:
+        conn: the connection whose transaction the request reads in.
+        study_id: Optuna's id of the study.
+        direction: ``"minimize"`` or ``"maximize"``; None for several objectives.
+    """
+    with _lock:
+        cache = _caches.setdefault(conn.engine, {})
+    key = (study_id, direction)
+    old = cache.get(key, _EMPTY)
+    if time.monotonic() - old.built_at > REBUILD_S:
+        old = _EMPTY
+    advanced = _advance(conn, study_id, direction, old)
+    if advanced is None:  # a check failed: count again from every trial
+        advanced = _advance(conn, study_id, direction, _EMPTY)
+        assert advanced is not None  # noqa: S101 (from nothing, nothing is checked)
+    snapshot, unfinished = advanced
+    cache[key] = snapshot
+    counts = dict.fromkeys(TRIAL_STATES, 0)
+    counts.update(snapshot.finished)
+    counts.update(unfinished)
+    return TrialStats(counts=counts, best=snapshot.best)
+
+
+def _advance(
+    conn: Connection, study_id: int, direction: str | None, old: _Snapshot
+) -> tuple[_Snapshot, Counter[str]] | None:
+    """``old`` moved on to the trials created or finished since, and the unfinished per state.
+
+    None when ``old`` no longer holds: the last trial it saw is gone or renumbered,
+    a trial it saw unfinished is gone, or the new trials' numbers are not contiguous.
+    """
+    rows: Sequence[Row[Any, Any, Any, Any]] = conn.execute(
+        _FROM, {"study_id": study_id, "first": old.last_id}
+    ).all()
+    if old.seen:
+        if not rows or (rows[0].trial_id, rows[0].number) != (old.last_id, old.last_number):
+            return None
+        rows = rows[1:]
+    reread = conn.execute(_BY_ID, {"ids": list(old.open_ids)}).all() if old.open_ids else []
+    if len(reread) != len(old.open_ids):
+        return None
+    finished = Counter(old.finished)
+    unfinished: Counter[str] = Counter()
+    best = old.best
+    open_ids: list[int] = []
+    last_id, last_number = old.last_id, old.last_number
+    for trial_id, number, state, value in [*reread, *rows]:
+        if trial_id > last_id:
+            last_id, last_number = trial_id, number
+        if state not in _FINISHED:
+            open_ids.append(trial_id)
+            unfinished[state] += 1
+            continue
+        finished[state] += 1
+        if state == "COMPLETE" and value is not None and direction is not None:
+            best = _better(best, Best(number, value, trial_id), maximize=direction == "maximize")
+    seen = old.seen + len(rows)
+    if old is not _EMPTY and seen - old.seen != last_number - old.last_number:
+        return None
+    built_at = time.monotonic() if old is _EMPTY else old.built_at
+    snapshot = _Snapshot(
+        last_id, last_number, seen, tuple(open_ids), dict(finished), best, built_at
+    )
+    return snapshot, unfinished
+
+
+def _better(best: Best | None, other: Best, *, maximize: bool) -> Best:
+    """The better of two trials; on a tie, the earlier one."""
+    if best is None:
+        return other
+    if other.value == best.value:
+        return best if best.number <= other.number else other
+    return other if (other.value > best.value) == maximize else best
