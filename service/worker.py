@@ -370,8 +370,18 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 
 def lower_priority(nice: int) -> int:
-    """Lower this process's CPU priority by ``nice``; the resulting niceness."""
-    return os.nice(nice)
+    """Lower this process's CPU priority by ``nice``; the resulting niceness.
+
+    Under Linux's autogroup scheduling a niceness weighs only against processes of
+    the same session, and a local worker leads its own: its session's group is
+    lowered as well, or eight workers would still get eight shares to the
+    service's one. (A worker started from a shell leaves the shell's group alone.)
+    """
+    value = os.nice(nice)
+    if os.getsid(0) == os.getpid():
+        with contextlib.suppress(OSError):  # no autogroups (other kernels, some containers)
+            Path("/proc/self/autogroup").write_text(f"{value}\n")
+    return value
 
 
 def run_worker(study_name: str, worker_id: int, settings: Settings) -> int:

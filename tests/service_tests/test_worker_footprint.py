@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 
 def test_the_worker_process_does_not_import_torch_before_a_trial() -> None:
@@ -40,3 +43,27 @@ def test_a_worker_runs_at_the_configured_lower_priority() -> None:
         timeout=60,
     ).stdout
     assert out.strip() == "7"
+
+
+def test_a_worker_leading_its_session_lowers_its_scheduling_group() -> None:
+    """With autogroups, a niceness counts only inside the session's group: eight
+    workers in eight sessions would get eight shares to the service's one."""
+    if not os.path.exists("/proc/self/autogroup"):
+        pytest.skip("this kernel schedules without autogroups: the niceness alone counts")
+    ours = Path("/proc/self/autogroup").read_text()
+    code = (
+        "from pathlib import Path\n"
+        "from service.worker import lower_priority\n"
+        "lower_priority(7)\n"
+        "print(Path('/proc/self/autogroup').read_text().split()[-1])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        start_new_session=True,  # as the local launcher starts workers
+    ).stdout
+    assert out.strip() == "7"
+    assert Path("/proc/self/autogroup").read_text() == ours  # the test's own group is untouched
