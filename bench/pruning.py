@@ -34,7 +34,8 @@ from service.worker import trial_seed  # noqa: E402
 
 PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
     "NopPruner (baseline)": optuna.pruners.NopPruner,
-    "MedianPruner": optuna.pruners.MedianPruner,
+    "MedianPruner": optuna.pruners.MedianPruner,  # the service's default
+    "MedianPruner (3 startup)": lambda: optuna.pruners.MedianPruner(n_startup_trials=3),
     "HyperbandPruner": optuna.pruners.HyperbandPruner,
 }
 
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         "sampler=TPESampler(seed)"
     )
     header = (
-        f"{'pruner':22} {'epochs':>7} {'vs baseline':>11} {'pruned':>7} "
+        f"{'pruner':26} {'epochs':>7} {'vs baseline':>11} {'pruned':>7} "
         f"{'best acc %':>10} {'diff pts':>8} {'seconds':>8}"
     )
     print(header)
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
             sum(s.seconds for s in searches),
         ]
         print(
-            f"{row[0]:22} {row[1]:7d} {row[2]:11.3f} {row[3]:7d} {row[4]:10.2f} "
+            f"{row[0]:26} {row[1]:7d} {row[2]:11.3f} {row[3]:7d} {row[4]:10.2f} "
             f"{row[5]:+8.2f} {row[6]:8.1f}"
         )
 

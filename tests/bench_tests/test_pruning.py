@@ -11,13 +11,14 @@ from tests.bench_tests.support import run_bench
 def test_pruning_small_run_compares_each_pruner_with_the_baseline() -> None:
     lines = run_bench("pruning.py", "--seeds", "1", "--trials", "8", "--epochs", "3", timeout_s=600)
     assert lines[0].startswith("task=digits seeds=1 trials/seed=8 epochs/trial=3")
-    rows = {line[:22].strip(): line[22:].split() for line in lines[2:]}
-    assert set(rows) == {"NopPruner (baseline)", "MedianPruner", "HyperbandPruner"}
+    rows = {line[:26].strip(): line[26:].split() for line in lines[2:]}
+    pruners = ("MedianPruner", "MedianPruner (3 startup)", "HyperbandPruner")
+    assert set(rows) == {"NopPruner (baseline)", *pruners}
     epochs, ratio, pruned, best, diff, _ = rows["NopPruner (baseline)"]
     # The baseline trains every trial to the end and prunes none.
     assert (int(epochs), float(ratio), int(pruned), float(diff)) == (8 * 3, 1.0, 0, 0.0)
     assert 10 < float(best) <= 100  # digits: far better than chance
-    for name in ("MedianPruner", "HyperbandPruner"):
+    for name in pruners:
         epochs, ratio, pruned, best, _, _ = rows[name]
         assert int(epochs) == round(float(ratio) * 24)
         # A pruned trial stops early: fewer epochs than trials x epochs.

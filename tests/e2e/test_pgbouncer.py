@@ -86,10 +86,8 @@ def _answers(url: str) -> bool:
 
 
 @pytest.fixture
-def database_url() -> Iterator[str]:
-    from tests.databases import _postgres_database
-
-    yield from _postgres_database()
+def database_url(postgres_url: str) -> str:
+    return postgres_url
 
 
 def test_a_study_through_pgbouncer_finishes_on_its_pool_of_server_connections(
