@@ -254,7 +254,12 @@ class Supervisor:
             wait_s = restart_backoff_s(len(streak))
             if seconds_since(streak[0].ended_at) < wait_s:
                 return  # back off before restarting a crashing worker
-        for _ in range(spec.workers.count - running):
+        missing = spec.workers.count - running
+        if spec.workers.launcher == "local" and not trials.any_started(session, study_id):
+            # One worker until the study's first trial starts: workers starting together
+            # on one host share its cores, and the first trial would wait for all of them.
+            missing = min(missing, 1 - running)
+        for _ in range(missing):
             if spec.workers.launcher == "docker":
                 if not self._start_container(session, row, spec):
                     return

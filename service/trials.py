@@ -38,6 +38,7 @@ from service.models import StudyRow
 from service.schemas import TrialRead
 
 __all__ = [
+    "any_started",
     "BUDGET_STATES",
     "TRIAL_STATES",
     "budget_used",
@@ -194,6 +195,14 @@ def budget_used_query(study_id: int) -> Select[int]:
 def budget_used(session: Session, study_id: int) -> int:
     """Trials that count against ``n_trials``: finished COMPLETE or PRUNED, or RUNNING."""
     return int(session.scalar(budget_used_query(study_id)) or 0)
+
+
+def any_started(session: Session, study_id: int) -> bool:
+    """Whether any trial of the study has started (a worker asked for one)."""
+    first = select(trials.c.trial_id).where(
+        trials.c.study_id == study_id, trials.c.state != "WAITING"
+    )
+    return session.scalar(first.limit(1)) is not None
 
 
 def reserved_trial(conn: Session | Connection, study_id: int, number: int) -> tuple[int, list[int]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 from service.db import optuna_storage
-from tests.e2e.conftest import Service, wait_for, wait_for_status
+from tests.e2e.conftest import Service, optuna_trials, wait_for, wait_for_status
 
 pytestmark = pytest.mark.slow
 
@@ -205,3 +206,28 @@ def test_the_readme_quickstart_study_trains(service: Service) -> None:
     assert study["counts"]["FAIL"] == 0
     assert study["counts"]["COMPLETE"] + study["counts"]["PRUNED"] == 6
     assert study["best_value"] >= 0.9
+
+
+def test_one_worker_starts_first_and_the_rest_once_a_trial_runs(service: Service) -> None:
+    """Workers starting together share the host's cores; the first trial must not wait
+    for all of them to start."""
+    spec = {
+        "name": "ramp",
+        "task": "synthetic",
+        "n_trials": 40,
+        "task_args": {"epochs": 3, "sleep_s": 0.05},
+        "workers": {"count": 4},
+    }
+    with service.client() as client:
+        assert client.post("/studies", json=spec).status_code == 201
+        wait_for(lambda: len(client.get("/studies/ramp/workers").json()) == 4, 120, "4 workers")
+        workers = client.get("/studies/ramp/workers").json()
+        client.post("/studies/ramp/stop").raise_for_status()
+    started = sorted(dt.datetime.fromisoformat(w["started_at"]) for w in workers)
+    # Optuna stamps trials with the worker's local naive time.
+    first_trial = min(
+        t.datetime_start.astimezone(dt.UTC)
+        for t in optuna_trials(service, "ramp")
+        if t.datetime_start is not None
+    )
+    assert started[0] < first_trial < started[1]
