@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import logging
@@ -15,6 +16,7 @@ from typing import Any
 import optuna
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = [
@@ -206,7 +208,9 @@ def study_lock(engine: Engine, study_row_id: int) -> Iterator[None]:
                 try:
                     yield
                 finally:
-                    conn.rollback()
+                    # A lost connection took its transaction, and the lock, with it.
+                    with contextlib.suppress(OperationalError, InterfaceError):
+                        conn.rollback()
                 return
             conn.rollback()
         time.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 (jitter)

@@ -316,7 +316,11 @@ class _Worker:
     def _fail(self, trial: optuna.Trial, trial_id: int) -> None:
         """FAIL the trial and queue a retry with the same parameters (up to max_retries)."""
         # Under the study lock: no reservation may take the freed slot before the retry.
-        with study_lock(self.engine, self.row_id):
+        with contextlib.ExitStack() as locked:
+            self._db(
+                "taking the study's lock",
+                lambda: locked.enter_context(study_lock(self.engine, self.row_id)),
+            )
             if self._tell(trial, state=optuna.trial.TrialState.FAIL):
                 frozen = self._db("reading the trial", lambda: self.storage.get_trial(trial_id))
                 self._db("queueing a retry", lambda: self.retry(self.study, frozen))
