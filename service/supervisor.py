@@ -247,6 +247,9 @@ class Supervisor:
     def _start_missing(
         self, session: Session, row: StudyRow, spec: StudySpec, study_id: int, running: int
     ) -> None:
+        missing = spec.workers.count - running
+        if missing <= 0:
+            return  # nothing to start: no need to read the budget or the trials every tick
         if trials.budget_used(session, study_id) >= spec.n_trials:
             return  # the running workers finish the last trials
         streak = _crash_streak(row.workers)
@@ -254,7 +257,6 @@ class Supervisor:
             wait_s = restart_backoff_s(len(streak))
             if seconds_since(streak[0].ended_at) < wait_s:
                 return  # back off before restarting a crashing worker
-        missing = spec.workers.count - running
         if spec.workers.launcher == "local" and not trials.any_started(session, study_id):
             # One worker until the study's first trial starts: workers starting together
             # on one host share its cores, and the first trial would wait for all of them.
