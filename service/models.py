@@ -6,10 +6,30 @@ import datetime as dt
 import enum
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, MetaData, String, Text, func
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    func,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
-__all__ = ["Base", "StudyRow", "StudyStatus", "WorkerRow", "WorkerState", "seconds_since"]
+__all__ = [
+    "Base",
+    "StudyRow",
+    "StudyStatus",
+    "UTCDateTime",
+    "WorkerRow",
+    "WorkerState",
+    "seconds_since",
+]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -44,10 +64,33 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A moment stored in UTC and read back with its zone on every database.
+
+    SQLite keeps no zone: without this a row read there is naive while the same
+    row read from PostgreSQL is aware, and the API's timestamps would differ.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None or value.tzinfo is None:  # naive means UTC
+            return value
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: Dialect
+    ) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
 def seconds_since(moment: dt.datetime) -> float:
-    """Seconds from ``moment`` (naive means UTC: SQLite drops the zone) to now."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
+    """Seconds from ``moment`` (a zone-aware datetime) to now."""
     return (_now() - moment).total_seconds()
 
 
@@ -60,11 +103,11 @@ class StudyRow(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default=StudyStatus.RUNNING)
     status_reason: Mapped[str | None] = mapped_column(Text, default=None)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=_now)
     updated_at: Mapped[dt.datetime] = mapped_column(
-        DateTime(timezone=True), default=_now, onupdate=_now, server_default=func.now()
+        UTCDateTime, default=_now, onupdate=_now, server_default=func.now()
     )
-    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
 
     workers: Mapped[list[WorkerRow]] = relationship(
         back_populates="study", cascade="all, delete-orphan", order_by="WorkerRow.id"
@@ -87,8 +130,8 @@ class WorkerRow(Base):
     exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
     trials_run: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     log_path: Mapped[str] = mapped_column(Text)
-    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=_now)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
 
     study: Mapped[StudyRow] = relationship(back_populates="workers")
 

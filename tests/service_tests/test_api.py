@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 
 import optuna
@@ -181,6 +182,27 @@ def test_stop_study_then_stop_again_is_409(client: TestClient) -> None:
     again = client.post("/studies/halt/stop")
     assert again.status_code == 409
     assert "is stopped" in again.json()["detail"]
+
+
+def test_timestamps_are_utc_with_their_offset(client: TestClient, settings: Settings) -> None:
+    before = dt.datetime.now(dt.UTC)
+    client.post("/studies", json={"name": "when", "task": "synthetic"})
+    _run_trials(settings, "when", 1)
+    stopped = client.post("/studies/when/stop").json()
+    listed = client.get("/studies").json()["items"][0]
+    trial = client.get("/studies/when/trials").json()["items"][0]
+    after = dt.datetime.now(dt.UTC)
+    stamps = {
+        "created_at": stopped["created_at"],
+        "finished_at": stopped["finished_at"],
+        "listed created_at": listed["created_at"],
+        "datetime_start": trial["datetime_start"],
+        "datetime_complete": trial["datetime_complete"],
+    }
+    for field, stamp in stamps.items():
+        moment = dt.datetime.fromisoformat(stamp)
+        assert moment.utcoffset() == dt.timedelta(0), (field, stamp)
+        assert before - dt.timedelta(seconds=1) <= moment <= after, (field, stamp)
 
 
 def test_tasks_health_and_docs(client: TestClient) -> None:
