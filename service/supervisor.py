@@ -81,7 +81,6 @@ class Supervisor:
         launcher: LocalLauncher,
         *,
         docker: DockerLauncher | None = None,
-        gpus: list[int],
         interval_s: float,
         stop_timeout_s: float,
         grace_s: float,
@@ -92,8 +91,7 @@ class Supervisor:
         self._launcher = launcher
         launcher.on_exit = self.wake  # a worker's exit is reconciled at once
         self._docker = docker
-        self._orphan_hosts: set[str] | None = None  # Docker hosts not yet cleaned up
-        self._gpus = gpus
+        self._orphan_hosts: set[str] | None = None  # None: not adopted yet
         self._interval_s = interval_s
         self._stop_timeout_s = stop_timeout_s
         self._grace_s = grace_s
@@ -135,29 +133,27 @@ class Supervisor:
             return self._docker
         return self._launcher
 
-    def _adopt_containers(self, session: Session) -> None:
-        """After a (re)start: leases of running containers are held again (once), and
-        containers of no running worker are removed (until every host was reached)."""
-        if self._docker is None:
-            return
+    def _adopt(self, session: Session) -> None:
+        """After a (re)start: running workers hold their GPUs again (once), and containers
+        of no running worker are removed (until every Docker host was reached)."""
         running = session.scalars(
-            select(WorkerRow).where(
-                WorkerRow.launcher == "docker", WorkerRow.state == WorkerState.RUNNING
-            )
+            select(WorkerRow).where(WorkerRow.state == WorkerState.RUNNING)
         ).all()
         if self._orphan_hosts is None:
             for worker in running:
-                self._docker.scheduler.restore(_lease(worker))
-            self._orphan_hosts = set(self._docker.hosts)
-        self._orphan_hosts = self._docker.remove_orphans(
-            {w.id for w in running}, self._orphan_hosts
-        )
+                if worker.launcher == "docker" and self._docker is None:
+                    continue  # no Docker hosts configured: nothing to lease from
+                self._launcher_of(worker).scheduler.restore(_lease(worker))
+            self._orphan_hosts = set(self._docker.hosts) if self._docker is not None else set()
+        if self._docker is not None and self._orphan_hosts:
+            containers = {w.id for w in running if w.launcher == "docker"}
+            self._orphan_hosts = self._docker.remove_orphans(containers, self._orphan_hosts)
 
     def tick(self) -> None:
         """One reconciliation pass over every study with live workers or a running status."""
         if self._orphan_hosts is None or self._orphan_hosts:
             with session_scope(self._sessions) as session:
-                self._adopt_containers(session)
+                self._adopt(session)
         with session_scope(self._sessions) as session:
             live = select(WorkerRow.study_id).where(WorkerRow.state == WorkerState.RUNNING)
             rows = session.scalars(
@@ -257,51 +253,36 @@ class Supervisor:
             wait_s = restart_backoff_s(len(streak))
             if seconds_since(streak[0].ended_at) < wait_s:
                 return  # back off before restarting a crashing worker
-        if spec.workers.launcher == "local" and not trials.any_started(session, study_id):
-            # One worker until the study's first trial starts: workers starting together
-            # on one host share its cores, and the first trial would wait for all of them.
-            missing = min(missing, 1 - running)
-        for _ in range(missing):
-            if spec.workers.launcher == "docker":
-                if not self._start_container(session, row, spec):
-                    return
-                continue
-            gpus = self._lease_gpus(session, spec.workers.gpus_per_worker)
-            if gpus is None:
-                log.info("study %s waits for %s free GPUs", row.name, spec.workers.gpus_per_worker)
-                return
-            worker = WorkerRow(
-                study_id=row.id,
-                launcher=self._launcher.name,
-                host="",
-                log_path="",
-                gpus=",".join(map(str, gpus)),
-            )
-            row.workers.append(worker)
-            session.flush()
-            handle = self._launcher.start(row.name, worker.id, gpus)
-            worker.host, worker.pid = handle.host, handle.pid
-            worker.pid_start_time, worker.log_path = handle.pid_start_time, str(handle.log_path)
-            # Committed at once: a worker that exists must have its row.
-            session.commit()
-            log.info("started worker %s (pid %s) for %s", worker.id, handle.pid, row.name)
-
-    def _start_container(self, session: Session, row: StudyRow, spec: StudySpec) -> bool:
-        """Start one worker container; False when the study must wait or cannot start one."""
-        if self._docker is None:
+        if spec.workers.launcher == "local":
+            launcher: Launcher = self._launcher
+            if not trials.any_started(session, study_id):
+                # One worker until the study's first trial starts: workers starting together
+                # on one host share its cores, and the first trial would wait for all of them.
+                missing = min(missing, 1 - running)
+        elif self._docker is not None:
+            launcher = self._docker
+        else:
             self._end(
                 row,
                 StudyStatus.FAILED,
                 "workers.launcher is docker, but HELIOS_HPO_DOCKER_HOSTS is empty on this service",
             )
-            return False
-        lease = self._docker.scheduler.lease(spec.workers.gpus_per_worker)
+            return
+        for _ in range(missing):
+            if not self._start_worker(session, row, spec, launcher):
+                return
+
+    def _start_worker(
+        self, session: Session, row: StudyRow, spec: StudySpec, launcher: Launcher
+    ) -> bool:
+        """Start one worker; False when the study must wait or the start failed."""
+        lease = launcher.scheduler.lease(spec.workers.gpus_per_worker)
         if lease is None:
             log.info("study %s waits for %s free GPUs", row.name, spec.workers.gpus_per_worker)
             return False
         worker = WorkerRow(
             study_id=row.id,
-            launcher="docker",
+            launcher=launcher.name,
             host=lease.host,
             log_path="",
             gpus=",".join(map(str, lease.gpus)),
@@ -309,42 +290,32 @@ class Supervisor:
         row.workers.append(worker)
         session.flush()
         try:
-            handle = self._docker.start_leased(row.name, worker.id, lease, spec.workers.image)
+            handle = launcher.start(row.name, worker.id, lease, spec.workers.image)
         except Exception as exc:
             # Counted like a crash: restarts back off, max_restarts fails the study.
-            self._docker.scheduler.release(lease)
-            path = worker_log_path(self._docker.data_dir, row.name, worker.id)
+            launcher.scheduler.release(lease)
+            path = worker_log_path(self._launcher.data_dir, row.name, worker.id)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(f"could not start a container on {lease.host}: {exc}\n")
+            path.write_text(f"could not start a {launcher.name} worker on {lease.host}: {exc}\n")
             worker.state, worker.exit_code, worker.log_path = WorkerState.FAILED, -1, str(path)
             worker.ended_at = dt.datetime.now(dt.UTC)
             session.commit()
             log.warning("worker %s of %s did not start: %s", worker.id, row.name, exc)
             return False
-        worker.pid, worker.log_path = handle.pid, str(handle.log_path)
+        worker.host, worker.pid = handle.host, handle.pid
+        worker.pid_start_time, worker.log_path = handle.pid_start_time, str(handle.log_path)
+        # Committed at once: a worker that exists must have its row.
         session.commit()
-        log.info("started container worker %s on %s for %s", worker.id, lease.host, row.name)
+        log.info(
+            "started worker %s (pid %s) on %s for %s", worker.id, handle.pid, lease.host, row.name
+        )
         return True
-
-    def _lease_gpus(self, session: Session, count: int) -> list[int] | None:
-        if count == 0:
-            return []
-        used = {
-            int(g)
-            for (gpus,) in session.execute(
-                select(WorkerRow.gpus).where(WorkerRow.state == WorkerState.RUNNING)
-            )
-            for g in gpus.split(",")
-            if g
-        }
-        free = [g for g in self._gpus if g not in used]
-        return free[:count] if len(free) >= count else None
 
     def _ended(self, worker: WorkerRow) -> None:
         """Drop an ended worker from its launcher; its GPUs are free again."""
-        self._launcher_of(worker).forget(worker.id)
-        if worker.launcher == "docker" and self._docker is not None:
-            self._docker.scheduler.release(_lease(worker))
+        launcher = self._launcher_of(worker)
+        launcher.forget(worker.id)
+        launcher.scheduler.release(_lease(worker))
 
     def _stop_worker(self, worker: WorkerRow) -> None:
         if worker.pid is not None:

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from service.launchers.gpus import GpuScheduler, Lease
+
 __all__ = ["LOST", "Launcher", "WorkerHandle"]
 
 # The exit code a launcher reports for a worker whose exit status it cannot read.
@@ -24,11 +26,16 @@ class WorkerHandle:
 
 
 class Launcher(Protocol):
-    """Watches and stops the workers it started (how it starts them is its own)."""
+    """Starts workers on the GPUs its scheduler leases, watches and stops them."""
 
     name: str
+    scheduler: GpuScheduler
     # Called, from any thread, when a worker this launcher started ends.
     on_exit: Callable[[], None] | None
+
+    def start(self, study: str, worker_id: int, lease: Lease, image: str | None) -> WorkerHandle:
+        """Start worker ``worker_id`` of ``study`` on ``lease`` (``image``: containers only)."""
+        ...
 
     def exit_code(self, worker_id: int, pid: int, pid_start_time: float | None) -> int | None:
         """The exit code; None while it runs, negative for a signal, LOST when unknown."""

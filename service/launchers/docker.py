@@ -129,7 +129,7 @@ class DockerLauncher:
                 self._clients[host] = self._client_factory(self.hosts[host])
             return self._clients[host]
 
-    def start_leased(
+    def start(
         self, study: str, worker_id: int, lease: Lease, image: str | None = None
     ) -> WorkerHandle:
         """Run a worker container on ``lease.host`` with ``lease.gpus``."""

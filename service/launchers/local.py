@@ -10,10 +10,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from service.launchers.base import LOST, WorkerHandle
+from service.launchers.gpus import GpuScheduler, Lease
 
 __all__ = ["LocalLauncher", "process_start_time", "worker_log_path"]
 
@@ -46,21 +47,32 @@ class LocalLauncher:
     Args:
         database_url: passed to workers through the environment, never argv.
         data_dir: where logs and checkpoints go.
+        gpus: the GPU ids workers may use (each gets its own through CUDA_VISIBLE_DEVICES).
+        workers_per_gpu: how many workers may share one GPU.
         extra_env: more environment for the workers.
     """
 
     name = "local"
 
     def __init__(
-        self, database_url: str, data_dir: Path, extra_env: dict[str, str] | None = None
+        self,
+        database_url: str,
+        data_dir: Path,
+        gpus: Sequence[int] = (),
+        workers_per_gpu: int = 1,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.database_url = database_url
         self.data_dir = data_dir
         self.extra_env = extra_env or {}
+        self.host = socket.gethostname()
+        self.scheduler = GpuScheduler({self.host: gpus}, workers_per_gpu)
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self.on_exit: Callable[[], None] | None = None
 
-    def start(self, study: str, worker_id: int, gpus: list[int]) -> WorkerHandle:
+    def start(
+        self, study: str, worker_id: int, lease: Lease, image: str | None = None
+    ) -> WorkerHandle:
         log_path = worker_log_path(self.data_dir, study, worker_id)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {
@@ -69,7 +81,7 @@ class LocalLauncher:
             **self.extra_env,
             "HELIOS_HPO_DATABASE_URL": self.database_url,
             "HELIOS_HPO_DATA_DIR": str(self.data_dir),
-            "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus),
+            "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in lease.gpus),
             "PYTHONUNBUFFERED": "1",
         }
         cmd = [
@@ -95,7 +107,7 @@ class LocalLauncher:
         self._children[worker_id] = proc
         threading.Thread(target=self._watch, args=(proc,), name="worker-exit", daemon=True).start()
         return WorkerHandle(
-            host=socket.gethostname(),
+            host=self.host,
             pid=proc.pid,
             pid_start_time=process_start_time(proc.pid),
             log_path=log_path,

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import re
+import signal
+from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Service, wait_for, wait_for_status
+from tests.e2e.conftest import (
+    Service,
+    start_service,
+    stop_service,
+    wait_for,
+    wait_for_status,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -49,3 +59,50 @@ def test_each_worker_gets_its_own_gpu_and_a_third_waits(service: Service) -> Non
         assert match is not None
         seen.add(match[1])
     assert seen == {"3", "5"}
+
+
+class TestSharedGpu:
+    @pytest.fixture
+    def service_env(self) -> dict[str, str]:
+        return {"HELIOS_HPO_GPUS": "3", "HELIOS_HPO_WORKERS_PER_GPU": "2"}
+
+    def test_two_workers_share_a_gpu_and_a_restarted_service_keeps_it_leased(
+        self, service: Service, tmp_path: Path
+    ) -> None:
+        spec = {
+            "name": "sharing",
+            "task": "synthetic",
+            "n_trials": 20,
+            "task_args": {"epochs": 10, "sleep_s": 0.1},
+            "workers": {"count": 2, "gpus_per_worker": 1},
+        }
+        with service.client() as client:
+            assert client.post("/studies", json=spec).status_code == 201
+            wait_for(
+                lambda: len(client.get("/studies/sharing/workers").json()) == 2, 60, "two workers"
+            )
+        os.killpg(service.process.pid, signal.SIGKILL)
+        service.process.wait()
+
+        second = start_service(
+            service.database_url, service.data_dir, tmp_path / "second.log", service.env
+        )
+        try:
+            with second.client() as client:
+                late = {**spec, "name": "late", "n_trials": 1, "workers": {"gpus_per_worker": 1}}
+                assert client.post("/studies", json=late).status_code == 201
+                states = [w["state"] for w in client.get("/studies/sharing/workers").json()]
+                assert states == ["running", "running"]  # adopted, still training
+                wait_for_status(client, "late", 180, second)
+                sharing = client.get("/studies/sharing/workers").json()
+                (late_worker,) = client.get("/studies/late/workers").json()
+        finally:
+            stop_service(second)
+        assert [w["gpus"] for w in sharing] == ["3", "3"]
+        assert late_worker["gpus"] == "3"
+        # The adopted workers kept both places on GPU 3: the late study's worker
+        # started only once one of them had ended.
+        ended = sorted(dt.datetime.fromisoformat(w["ended_at"]) for w in sharing if w["ended_at"])
+        started = dt.datetime.fromisoformat(late_worker["started_at"])
+        assert ended, f"the late worker started and ended while both adopted ones ran: {sharing}"
+        assert started >= ended[0]

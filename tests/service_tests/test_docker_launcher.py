@@ -144,13 +144,13 @@ def test_an_unreachable_docker_host_fails_the_study_with_the_reason(
             30,
             "the study to fail",
         )
-        assert "could not start a container on gone" in study["status_reason"]
+        assert "could not start a docker worker on gone" in study["status_reason"]
         workers = client.get("/studies/no-engine/workers").json()
         assert len(workers) == 2  # the first try and one restart, 1 s apart
         assert {w["state"] for w in workers} == {"failed"}
         assert all(len(w["gpus"]) == 1 for w in workers)
         logs = client.get(f"/workers/{workers[0]['id']}/logs").json()
-        assert "could not start a container on gone" in logs["lines"][0]
+        assert "could not start a docker worker on gone" in logs["lines"][0]
 
 
 @pytest.mark.docker
