@@ -34,7 +34,7 @@ def test_a_digits_study_trains_on_the_gpu(service: Service) -> None:
         assert counts["RUNNING"] == 0
         assert study["best_value"] >= 0.9
         (worker,) = client.get("/studies/digits-gpu/workers").json()
-        assert worker["gpus"] == [0]
+        assert worker["gpus"] == "0"
         lines = client.get(f"/workers/{worker['id']}/logs?tail=10000").json()["lines"]
     device = torch.cuda.get_device_name(0)
     assert any(f"training on {device}" in line for line in lines), lines[:20]
