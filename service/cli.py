@@ -52,6 +52,24 @@ def _exposure_refused(host: str, tokens: dict[str, str], insecure: bool) -> bool
     return True
 
 
+def _data_dir_refused(data_dir: Path) -> bool:
+    """True (and says why) when workers could not write their logs and checkpoints there."""
+    import tempfile
+
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=data_dir):
+            pass
+    except OSError as exc:
+        print(
+            f"helios-hpo: cannot write worker logs and checkpoints to {data_dir} ({exc}); "
+            "set HELIOS_HPO_DATA_DIR to a writable folder",
+            file=sys.stderr,
+        )
+        return True
+    return False
+
+
 def _serve(args: argparse.Namespace) -> int:
     import gc
 
@@ -67,6 +85,8 @@ def _serve(args: argparse.Namespace) -> int:
     port = args.port or settings.port
     tokens = _tokens(settings)
     if tokens is None or _exposure_refused(host, tokens, args.insecure):
+        return 2
+    if _data_dir_refused(settings.data_dir):
         return 2
     upgrade(settings.database_url)
     print(f"helios-hpo: database {redact_url(settings.database_url)}, data in {settings.data_dir}")
