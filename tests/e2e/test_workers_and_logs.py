@@ -39,6 +39,11 @@ def test_workers_logs_and_a_followed_stream(service: Service) -> None:
                     if ended:
                         break
         assert events[-1] == "worker ended"
+        # The stream is the log's last lines, each once and none missing.
+        whole = client.get(f"/workers/{worker['id']}/logs?tail=10000").json()["lines"]
+        streamed = events[:-1]
+        assert len(streamed) > 5
+        assert whole[-len(streamed) :] == streamed
         ended_lines = ("trial complete", "trial pruned")
         assert any("trial=5 " in e and e.split(": ", 1)[1].startswith(ended_lines) for e in events)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -64,55 +64,68 @@ async def worker_logs(
             return LogRead(
                 worker=worker_id, state=worker.state, lines=_of_trial(lines, trial)[-tail:]
             )
-        stream = _follow_container(docker, path, worker_id, sessions, trial, tail)
+        stream = _follow(_ContainerLines(docker, worker_id, path), worker_id, sessions, trial, tail)
     elif not follow:
         lines = await asyncio.to_thread(log_tail, path, tail if trial is None else 1_000_000)
         return LogRead(worker=worker_id, state=worker.state, lines=_of_trial(lines, trial)[-tail:])
     else:
-        stream = _follow(path, worker_id, sessions, trial, tail)
+        stream = _follow(_FileLines(path), worker_id, sessions, trial, tail)
     return StreamingResponse(
         stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
     )
 
 
-async def _follow_container(
-    docker: Any, path: Path, worker_id: int, sessions: Any, trial: int | None, tail: int
-) -> AsyncIterator[str]:
-    """Like ``_follow``, reading the container's log through the Docker API."""
-    sent: int | None = None
-    while True:
-        ended = await asyncio.to_thread(_worker_ended, sessions, worker_id)
-        lines = await asyncio.to_thread(docker.logs, worker_id)
+class _FileLines:
+    """The new complete lines of a log file at each call, read from one byte position on,
+    so that none is lost or sent twice; the last unterminated one once the worker ended."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.position, self.pending = path, 0, b""
+
+    def __call__(self, ended: bool) -> list[str]:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.position)
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        self.position += len(data)
+        *complete, self.pending = (self.pending + data).split(b"\n")
+        if ended and self.pending:
+            complete.append(self.pending)
+            self.pending = b""
+        return [line.decode(errors="replace") for line in complete]
+
+
+class _ContainerLines:
+    """The new lines of a container's log at each call, through the Docker API."""
+
+    def __init__(self, docker: Any, worker_id: int, path: Path) -> None:
+        self.docker, self.worker_id, self.path, self.sent = docker, worker_id, path, 0
+
+    def __call__(self, ended: bool) -> list[str]:
+        lines = self.docker.logs(self.worker_id)
         if lines is None:  # removed once ended; its log was kept in the file
-            lines = log_tail(path, 1_000_000)
-        new = lines[sent:] if sent is not None else _of_trial(lines, trial)[-tail:]
-        for line in new if sent is None else _of_trial(new, trial):
-            yield f"data: {line}\n\n"
-        sent = len(lines)
-        if ended:
-            yield "event: end\ndata: worker ended\n\n"
-            return
-        await asyncio.sleep(_POLL_S)
+            lines = log_tail(self.path, 1_000_000)
+        new, self.sent = lines[self.sent :], len(lines)
+        return list(new)
 
 
 async def _follow(
-    path: Path, worker_id: int, sessions: Any, trial: int | None, tail: int
+    new_lines: Callable[[bool], list[str]],
+    worker_id: int,
+    sessions: Any,
+    trial: int | None,
+    tail: int,
 ) -> AsyncIterator[str]:
     """Send the last lines, then each new line, until the worker has ended and all is sent."""
-    for line in _of_trial(log_tail(path, tail if trial is None else 1_000_000), trial)[-tail:]:
-        yield f"data: {line}\n\n"
-    position = path.stat().st_size if path.exists() else 0
-    pending = ""
+    first = True
     while True:
         ended = await asyncio.to_thread(_worker_ended, sessions, worker_id)
-        if path.exists():
-            with path.open(errors="replace") as f:
-                f.seek(position)
-                chunk = f.read()
-                position = f.tell()
-            *complete, pending = (pending + chunk).split("\n")
-            for line in _of_trial(complete, trial):
-                yield f"data: {line}\n\n"
+        lines = _of_trial(await asyncio.to_thread(new_lines, ended), trial)
+        for line in lines[-tail:] if first else lines:
+            yield f"data: {line}\n\n"
+        first = False
         if ended:
             yield "event: end\ndata: worker ended\n\n"
             return
