@@ -7,8 +7,6 @@ import datetime as dt
 import functools
 import logging
 import threading
-from collections import deque
-from pathlib import Path
 
 import optuna
 from sqlalchemy import Engine, select
@@ -20,24 +18,16 @@ from service.launchers.base import LOST, Launcher
 from service.launchers.docker import DockerLauncher
 from service.launchers.gpus import Lease
 from service.launchers.local import LocalLauncher, worker_log_path
+from service.logs import log_tail
 from service.models import StudyRow, StudyStatus, WorkerRow, WorkerState, seconds_since
 from service.schemas import StudySpec
 from service.studies import sweep_stale_trials
 
-__all__ = ["Supervisor", "log_tail", "restart_backoff_s"]
+__all__ = ["Supervisor", "restart_backoff_s"]
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 60.0
-
-
-def log_tail(path: str | Path, lines: int) -> list[str]:
-    """The last ``lines`` lines of a log file (none when it does not exist)."""
-    try:
-        with Path(path).open(errors="replace") as f:
-            return [line.rstrip("\n") for line in deque(f, maxlen=lines)]
-    except FileNotFoundError:
-        return []
 
 
 def _lease(worker: WorkerRow) -> Lease:

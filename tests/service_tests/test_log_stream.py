@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.api.routes.workers import _ContainerLines, _FileLines
+from service.logs import ContainerLines, FileLines
 
 
 def test_lines_arrive_whole_once_each_and_the_last_one_when_the_worker_ends(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "worker-1.log"
-    new_lines = _FileLines(path)
+    new_lines = FileLines(path)
     assert new_lines(False) == []  # not written yet
     with path.open("ab", buffering=0) as log:
         log.write(b"first\nsec")
@@ -37,7 +37,7 @@ class _Engine:
 
 def test_container_lines_arrive_once_each_then_from_the_kept_file(tmp_path: Path) -> None:
     engine, kept = _Engine(), tmp_path / "worker-7.log"
-    new_lines = _ContainerLines(engine, 7, kept)
+    new_lines = ContainerLines(engine, 7, kept)
     assert engine.lines is not None
     engine.lines += ["a", "b"]
     assert new_lines(False) == ["a", "b"]

@@ -14,9 +14,9 @@ from fastapi.responses import StreamingResponse
 from service import studies
 from service.api.deps import DatabaseDep
 from service.db import session_scope
+from service.logs import ContainerLines, FileLines, log_tail, of_trial
 from service.models import WorkerState
 from service.schemas import ErrorBody, LogRead, WorkerRead
-from service.supervisor import log_tail
 
 router = APIRouter(tags=["workers"])
 
@@ -28,13 +28,6 @@ _POLL_S = 0.25
 async def list_workers(name: str, db: DatabaseDep) -> list[WorkerRead]:
     """A study's workers: launcher, host, pid, GPUs, state and exit code."""
     return await db.run(studies.list_workers, name)
-
-
-def _of_trial(lines: list[str], trial: int | None) -> list[str]:
-    if trial is None:
-        return lines
-    tag = f" trial={trial} "
-    return [line for line in lines if tag in line]
 
 
 @router.get(
@@ -62,53 +55,17 @@ async def worker_logs(
             if not lines:
                 lines = await asyncio.to_thread(log_tail, path, 1_000_000)
             return LogRead(
-                worker=worker_id, state=worker.state, lines=_of_trial(lines, trial)[-tail:]
+                worker=worker_id, state=worker.state, lines=of_trial(lines, trial)[-tail:]
             )
-        stream = _follow(_ContainerLines(docker, worker_id, path), worker_id, sessions, trial, tail)
+        stream = _follow(ContainerLines(docker, worker_id, path), worker_id, sessions, trial, tail)
     elif not follow:
         lines = await asyncio.to_thread(log_tail, path, tail if trial is None else 1_000_000)
-        return LogRead(worker=worker_id, state=worker.state, lines=_of_trial(lines, trial)[-tail:])
+        return LogRead(worker=worker_id, state=worker.state, lines=of_trial(lines, trial)[-tail:])
     else:
-        stream = _follow(_FileLines(path), worker_id, sessions, trial, tail)
+        stream = _follow(FileLines(path), worker_id, sessions, trial, tail)
     return StreamingResponse(
         stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
     )
-
-
-class _FileLines:
-    """The new complete lines of a log file at each call, read from one byte position on,
-    so that none is lost or sent twice; the last unterminated one once the worker ended."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.position, self.pending = path, 0, b""
-
-    def __call__(self, ended: bool) -> list[str]:
-        try:
-            with self.path.open("rb") as f:
-                f.seek(self.position)
-                data = f.read()
-        except FileNotFoundError:
-            data = b""
-        self.position += len(data)
-        *complete, self.pending = (self.pending + data).split(b"\n")
-        if ended and self.pending:
-            complete.append(self.pending)
-            self.pending = b""
-        return [line.decode(errors="replace") for line in complete]
-
-
-class _ContainerLines:
-    """The new lines of a container's log at each call, through the Docker API."""
-
-    def __init__(self, docker: Any, worker_id: int, path: Path) -> None:
-        self.docker, self.worker_id, self.path, self.sent = docker, worker_id, path, 0
-
-    def __call__(self, ended: bool) -> list[str]:
-        lines = self.docker.logs(self.worker_id)
-        if lines is None:  # removed once ended; its log was kept in the file
-            lines = log_tail(self.path, 1_000_000)
-        new, self.sent = lines[self.sent :], len(lines)
-        return list(new)
 
 
 async def _follow(
@@ -122,7 +79,7 @@ async def _follow(
     first = True
     while True:
         ended = await asyncio.to_thread(_worker_ended, sessions, worker_id)
-        lines = _of_trial(await asyncio.to_thread(new_lines, ended), trial)
+        lines = of_trial(await asyncio.to_thread(new_lines, ended), trial)
         for line in lines[-tail:] if first else lines:
             yield f"data: {line}\n\n"
         first = False
