@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from anyio import to_thread
 from fastapi import FastAPI
@@ -14,15 +15,26 @@ from service.api.security import ApiGuard
 from service.db import make_engine, make_session_factory, optuna_storage
 from service.launchers.docker import docker_launcher
 from service.launchers.local import LocalLauncher
-from service.settings import Settings, get_settings
+from service.settings import DockerHost, Settings, get_settings
 from service.studies import retry_failed_trial
 from service.supervisor import Supervisor
 
 __all__ = ["create_app"]
 
 
-def create_app(settings: Settings | None = None, *, supervise: bool = True) -> FastAPI:
-    """Build the API; ``supervise=False`` serves without starting workers (tests, read replicas)."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    supervise: bool = True,
+    docker_clients: Callable[[DockerHost], Any] | None = None,
+) -> FastAPI:
+    """Build the API.
+
+    Args:
+        settings: the service's settings (default: from the environment).
+        supervise: start workers; False serves without (tests, read replicas).
+        docker_clients: builds a Docker host's client (default: the Docker SDK's).
+    """
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -40,7 +52,9 @@ def create_app(settings: Settings | None = None, *, supervise: bool = True) -> F
             stale_trial_callback=retry_failed_trial(app.state.sessions),
         )
         app.state.supervisor = None
-        app.state.docker = docker_launcher(settings) if settings.docker_hosts else None
+        app.state.docker = (
+            docker_launcher(settings, docker_clients) if settings.docker_hosts else None
+        )
         if supervise:
             app.state.supervisor = Supervisor(
                 engine,

@@ -231,8 +231,10 @@ class DockerLauncher:
         return unreachable
 
 
-def docker_launcher(settings: Settings) -> DockerLauncher:
-    """The Docker launcher the settings describe."""
+def docker_launcher(
+    settings: Settings, client_factory: Callable[[DockerHost], Any] | None = None
+) -> DockerLauncher:
+    """The Docker launcher the settings describe (``client_factory``: see DockerLauncher)."""
     hosts = settings.docker_hosts
     database_url = settings.docker_database_url or settings.database_url
     return DockerLauncher(
@@ -245,6 +247,7 @@ def docker_launcher(settings: Settings) -> DockerLauncher:
         env=dict(settings.docker_env),
         volumes=list(settings.docker_volumes),
         network=settings.docker_network,
+        client_factory=client_factory,
     )
 
 
