@@ -132,3 +132,25 @@ def test_a_restarted_service_adopts_its_containers_and_removes_strays(
     assert dt.datetime.fromisoformat(short_worker["started_at"]) >= dt.datetime.fromisoformat(
         long_worker["ended_at"]
     )
+
+
+def test_crashing_containers_fail_the_study_with_the_kept_log(
+    settings: Settings, engines: dict[str, ProcessEngine]
+) -> None:
+    spec = {
+        "name": "crashy",
+        "task": "synthetic",
+        "n_trials": 5,
+        "task_args": {"exit_code": 3},  # each worker dies in its first batch
+        "max_restarts": 1,
+        "workers": {"count": 1, "launcher": "docker"},
+    }
+    with _app(_settings(settings, {"a": []}), engines) as client:
+        assert client.post("/studies", json=spec).status_code == 201
+        study = _ended(client, "crashy", 120)
+        workers = client.get("/studies/crashy/workers").json()
+    assert study["status"] == "failed"
+    assert "2 workers in a row failed before finishing a trial" in study["status_reason"]
+    assert "worker 2 for study crashy" in study["status_reason"]  # the kept container log
+    assert [(w["state"], w["exit_code"]) for w in workers] == [("failed", 3), ("failed", 3)]
+    assert engines["a"].containers.all == {}
