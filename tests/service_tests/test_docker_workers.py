@@ -103,7 +103,7 @@ def test_a_restarted_service_adopts_its_containers_and_removes_strays(
     long = {
         "name": "long",
         "task": "synthetic",
-        "n_trials": 12,
+        "n_trials": 5,
         "task_args": {"epochs": 10, "sleep_s": 0.1},
         "workers": {"count": 1, "launcher": "docker", "gpus_per_worker": 1},
     }
