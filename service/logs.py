@@ -55,8 +55,8 @@ class ContainerLines:
         self.docker, self.worker_id, self.path, self.sent = docker, worker_id, path, 0
 
     def __call__(self, ended: bool) -> list[str]:
-        lines = self.docker.logs(self.worker_id)
+        lines: list[str] | None = self.docker.logs(self.worker_id)
         if lines is None:  # removed once ended; its log was kept in the file
             lines = log_tail(self.path, 1_000_000)
         new, self.sent = lines[self.sent :], len(lines)
-        return list(new)
+        return new

@@ -292,8 +292,8 @@ class Supervisor:
             session.commit()
             log.warning("worker %s of %s did not start: %s", worker.id, row.name, exc)
             return False
-        worker.host, worker.pid = handle.host, handle.pid
-        worker.pid_start_time, worker.log_path = handle.pid_start_time, str(handle.log_path)
+        worker.pid, worker.pid_start_time = handle.pid, handle.pid_start_time
+        worker.log_path = str(handle.log_path)
         # Committed at once: a worker that exists must have its row.
         session.commit()
         log.info(

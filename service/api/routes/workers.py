@@ -46,25 +46,23 @@ async def worker_logs(
     """The last ``tail`` lines of a worker's log; ``follow=true`` streams new lines."""
     worker = await db.run(studies.get_worker, worker_id)
     path = Path(worker.log_path)
-    sessions = request.app.state.sessions
     # A running container's log comes from the Docker API; an ended one's was kept in a file.
     docker = request.app.state.docker if worker.launcher == "docker" else None
+    new_lines: Callable[[bool], list[str]]
     if docker is not None and worker.state == WorkerState.RUNNING:
-        if not follow:
-            lines = await asyncio.to_thread(docker.logs, worker_id)
-            if not lines:
-                lines = await asyncio.to_thread(log_tail, path, 1_000_000)
-            return LogRead(
-                worker=worker_id, state=worker.state, lines=of_trial(lines, trial)[-tail:]
-            )
-        stream = _follow(ContainerLines(docker, worker_id, path), worker_id, sessions, trial, tail)
-    elif not follow:
+        new_lines = ContainerLines(docker, worker_id, path)
+    elif follow:
+        new_lines = FileLines(path)
+    else:  # the file's last lines, without holding all of it
         lines = await asyncio.to_thread(log_tail, path, tail if trial is None else 1_000_000)
         return LogRead(worker=worker_id, state=worker.state, lines=of_trial(lines, trial)[-tail:])
-    else:
-        stream = _follow(FileLines(path), worker_id, sessions, trial, tail)
+    if not follow:  # a running container's log so far
+        lines = await asyncio.to_thread(new_lines, False)
+        return LogRead(worker=worker_id, state=worker.state, lines=of_trial(lines, trial)[-tail:])
     return StreamingResponse(
-        stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        _follow(new_lines, worker_id, request.app.state.sessions, trial, tail),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache"},
     )
 
 
