@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +13,7 @@ from fastapi.testclient import TestClient
 from service.api import create_app
 from service.dashboard import start_dashboard
 from service.settings import Settings
-from tests.support import free_port
+from tests.support import free_port, run_serve
 
 READ = "read-token-0123456789abcdef"
 WRITE = "write-token-0123456789abcdef"
@@ -92,13 +90,12 @@ def test_token_entries_are_checked_without_echoing_the_token(tmp_path: Path) -> 
 
 
 def test_serve_refuses_an_open_port_beyond_loopback_without_tokens(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--host", "0.0.0.0", "--port", "1"],  # noqa: S104
-        env={"HELIOS_HPO_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "PATH": ""},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=Path(__file__).resolve().parents[2],
+    result = run_serve(
+        {"HELIOS_HPO_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"},
+        "--host",
+        "0.0.0.0",  # noqa: S104
+        "--port",
+        "1",
     )
     assert result.returncode == 2
     assert "HELIOS_HPO_API_TOKENS" in result.stderr
@@ -133,17 +130,13 @@ def test_the_dashboard_asks_for_a_token_and_read_tokens_cannot_write(
 
 def test_serve_says_when_its_token_file_cannot_be_read(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-tokens"
-    result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--port", "1"],
-        env={
+    result = run_serve(
+        {
             "HELIOS_HPO_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
             "HELIOS_HPO_API_TOKENS_FILE": str(missing),
-            "PATH": "",
         },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=Path(__file__).resolve().parents[2],
+        "--port",
+        "1",
     )
     assert result.returncode == 2
     assert f"cannot read HELIOS_HPO_API_TOKENS_FILE {missing}" in result.stderr

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.support import run_serve
 
 
 def test_serve_refuses_a_data_dir_it_cannot_write(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--port", "1"],
-        env={
+    result = run_serve(
+        {
             "HELIOS_HPO_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
             "HELIOS_HPO_DATA_DIR": str(blocker / "data"),
-            "PATH": "",
         },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=Path(__file__).resolve().parents[2],
+        "--port",
+        "1",
     )
     assert result.returncode == 2
     assert f"cannot write worker logs and checkpoints to {blocker / 'data'}" in result.stderr
