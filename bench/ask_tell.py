@@ -6,8 +6,8 @@ size the two ways to run one trial alternate, on the same study and database:
 
 - **raw**: ``study.ask()``, suggest x and y, ``study.tell(trial, value)``;
 - **worker**: what a service worker does around the training: reserve the trial
-  under the study's lock (status, budget and spec read live), look up its id and
-  retry history, suggest x and y, tell.
+  under the study's lock (status, budget and spec read live, its id and retry
+  history looked up, its first heartbeat sent), suggest x and y, record the outcome.
 
 Prints the median milliseconds per trial of each and their ratio.
 
@@ -27,14 +27,16 @@ from pathlib import Path
 
 import optuna
 from fastapi.testclient import TestClient
+from optuna.trial import TrialState
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.study_summary import add_trials  # noqa: E402
-from service import trials  # noqa: E402
 from service.api import create_app  # noqa: E402
 from service.migrations import upgrade  # noqa: E402
+from service.outcome import Outcome  # noqa: E402
+from service.reservation import Reservation  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from service.worker import _Worker  # noqa: E402
 
@@ -48,12 +50,12 @@ def raw_trial(study: optuna.Study) -> None:
 
 
 def worker_trial(worker: _Worker) -> None:
-    trial = worker.reserve()
-    assert trial is not None, "the study's budget or status stopped the worker"
-    with worker.engine.connect() as conn:
-        trials.reserved_trial(conn, worker.optuna_id, trial.number)
+    slot = worker.reservations.reserve(worker.trials_run)
+    assert isinstance(slot, Reservation), f"the worker would stop: {slot}"
+    trial = slot.trial
     x, y = trial.suggest_float("x", -10, 10), trial.suggest_int("y", -10, 10)
-    worker._tell(trial, values=[(x - 2) ** 2 + 0.5 * (y - 3) ** 2])
+    worker.recorder.record(slot, Outcome(TrialState.COMPLETE, [(x - 2) ** 2 + 0.5 * (y - 3) ** 2]))
+    worker.trials_run += 1
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,6 +38,8 @@ import httpx
 import optuna
 import tqdm
 
+from service.client import follow_study
+
 REPO = Path(__file__).resolve().parents[1]
 REPORTS = 10
 
@@ -67,7 +69,6 @@ def helios_objective(trial: optuna.Trial) -> float:
     run = task.build(params, {**task.default_task_args, "epochs": REPORTS})
     trainer = Trainer(**run.trainer_args, enable_progress_bar=False, plugins=[plugin])
     trainer.fit(run.model, run.datamodule)
-    plugin.check_pruned()
     return float(run.model.metrics["loss"])
 
 
@@ -185,16 +186,20 @@ def run_service(url: str, name: str, workers: int, n_trials: int) -> tuple[float
         start = time.perf_counter()
         response = client.post("/studies", json=spec)
         response.raise_for_status()
-        first_running = None
-        while True:
-            study = client.get(f"/studies/{name}").json()
+        first_running: float | None = None
+
+        def note(study: dict[str, Any]) -> None:
+            nonlocal first_running
             counts = study["counts"]
             if first_running is None and counts["RUNNING"] + counts["COMPLETE"] + counts["PRUNED"]:
                 first_running = time.perf_counter() - start
-            if study["status"] != "running":
-                break
+
+        study = follow_study(
+            lambda: client.get(f"/studies/{name}").json(),
             # Fine polling only until the first trial runs: polls load the database too.
-            time.sleep(0.01 if first_running is None else 0.5)
+            interval_s=lambda _: 0.01 if first_running is None else 0.5,
+            on_poll=note,
+        )
         elapsed = time.perf_counter() - start
         if study["status"] != "finished":
             raise SystemExit(f"study {name} ended {study['status']}: {study['status_reason']}")

@@ -67,7 +67,6 @@ def objective(epochs: int) -> Callable[[optuna.Trial], float]:
             plugins=[plugin],
         )
         trainer.fit(run.model, run.datamodule)
-        plugin.check_pruned()
         return float(run.model.metrics["accuracy"])
 
     return run

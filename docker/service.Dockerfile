@@ -1,6 +1,10 @@
 # The API, the supervisor and the embedded dashboard; no CUDA (the service never trains).
 # Build from the repository root: docker build -f docker/service.Dockerfile -t helios-hpo-service .
-FROM python:3.11-slim-bookworm
+# BASE and TORCH_SPEC: the tests build on a local base that has torch already (TORCH_SPEC="").
+ARG BASE=python:3.11-slim-bookworm
+FROM ${BASE}
+ARG TORCH_SPEC="torch==2.5.1"
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -9,7 +13,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /opt/helios-hpo
 # The CPU build of torch first: the default wheel pulls several GB of CUDA libraries.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.5.1"
+RUN python3 -m venv --system-site-packages /opt/helios-hpo/venv \
+    && if [ -n "$TORCH_SPEC" ]; then \
+        venv/bin/pip install --index-url "$TORCH_INDEX_URL" "$TORCH_SPEC"; \
+    fi
+ENV PATH=/opt/helios-hpo/venv/bin:$PATH
 COPY pyproject.toml README.md alembic.ini ./
 COPY helios ./helios
 COPY service ./service

@@ -1,6 +1,9 @@
 # A trainer worker on a GPU host: torch with CUDA from the base image, the project on top.
 # Build from the repository root: docker build -f docker/worker.Dockerfile -t helios-hpo-worker .
-FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+# BASE: any image whose python3 has torch (the tests build on a local CPU one, EXPECT_CUDA=0).
+ARG BASE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+FROM ${BASE}
+ARG EXPECT_CUDA=1
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -11,10 +14,13 @@ WORKDIR /opt/helios-hpo
 COPY pyproject.toml README.md alembic.ini ./
 COPY helios ./helios
 COPY service ./service
-# Pin torch to the base image's build so that pip never replaces it.
-RUN python -c "import torch; print('torch==' + torch.__version__)" > /tmp/torch.txt \
-    && pip install --constraint /tmp/torch.txt ".[service]" \
-    && python -c "import torch; assert torch.version.cuda, 'torch lost its CUDA build'"
+# A virtual environment that sees the base's torch; torch is pinned to the base image's
+# build so that pip never replaces it.
+RUN python3 -m venv --system-site-packages /opt/helios-hpo/venv \
+    && venv/bin/python -c "import torch; print('torch==' + torch.__version__)" > /tmp/torch.txt \
+    && venv/bin/pip install --constraint /tmp/torch.txt ".[service]" \
+    && venv/bin/python -c "import torch; assert '$EXPECT_CUDA' != '1' or torch.version.cuda, 'torch lost its CUDA build'"
+ENV PATH=/opt/helios-hpo/venv/bin:$PATH
 
 RUN groupadd --gid 10001 helios \
     && useradd --create-home --uid 10001 --gid 10001 helios \

@@ -5,6 +5,7 @@ from helios.model import Model
 from helios.plugins import (
     PLUGIN_REGISTRY,
     CUDAPlugin,
+    DuplicatePluginError,
     Plugin,
     PluginConflictError,
     UniquePluginOverrides,
@@ -18,6 +19,7 @@ __all__ = [
     "CUDAPlugin",
     "DataLoaderParams",
     "DataModule",
+    "DuplicatePluginError",
     "Model",
     "Plugin",
     "PluginConflictError",

@@ -25,7 +25,7 @@ __all__ = [
     "save_checkpoint",
 ]
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: TrainingState's counters mean what helios-ml's mean
 
 
 def checkpoint_path(root: Path, save_name: str, epoch: int, iteration: int) -> Path:
@@ -76,11 +76,26 @@ def load_checkpoint(path: Path, map_location: str | dict[str, str]) -> dict[str,
     """Read a checkpoint written by ``save_checkpoint`` (tensors and plain data only)."""
     state: dict[str, Any] = torch.load(path, map_location=map_location, weights_only=True)
     fmt = state.get("format")
-    if fmt != CHECKPOINT_FORMAT:
+    if fmt == 1:
+        state["training_state"] = _counters_of_format_1(state["training_state"])
+    elif fmt != CHECKPOINT_FORMAT:
         raise ValueError(
-            f"{path} has checkpoint format {fmt!r}; this helios reads {CHECKPOINT_FORMAT}"
+            f"{path} has checkpoint format {fmt!r}; this helios reads 1 and {CHECKPOINT_FORMAT}"
         )
     return state
+
+
+def _counters_of_format_1(old: dict[str, Any]) -> dict[str, Any]:
+    """Format 1 counted epochs completed, batches in the epoch (current_iteration),
+    optimizer steps (global_iteration) and batches in total (dataset_iter)."""
+    in_epoch = old["current_iteration"]
+    return {
+        **old,
+        "global_epoch": old["global_epoch"] + (1 if in_epoch else 0),
+        "current_iteration": old["global_iteration"],
+        "global_iteration": old["dataset_iter"],
+        "dataset_iter": in_epoch,
+    }
 
 
 def prune_checkpoints(root: Path, save_name: str, keep_last: int, keep: Iterable[Path]) -> None:

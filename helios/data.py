@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 if TYPE_CHECKING:
     from helios.trainer import Trainer
 
-__all__ = ["DataLoaderParams", "DataModule", "ResumableSampler"]
+__all__ = ["DataLoaderParams", "DataModule", "DatasetSplit", "ResumableSampler"]
 
 
 class ResumableSampler(DistributedSampler[int]):
@@ -72,6 +72,33 @@ class DataLoaderParams:
     pin_memory: bool | None = None
     persistent_workers: bool = False
     collate_fn: Callable[[list[Any]], Any] | None = None
+    is_distributed: bool | None = None  # False: every rank loads all of it; else sharded
+
+
+@dataclasses.dataclass
+class DatasetSplit:
+    """A dataset and how to load it, as ``DataModule._create_dataset`` returns them."""
+
+    dataset: Dataset[Any]
+    params: DataLoaderParams
+
+
+class _SplitAlias:
+    """``_train_dataset`` and its kin, as helios-ml names them: a ``DatasetSplit`` read
+    from, and written to, ``train_dataset`` and ``train_params``."""
+
+    def __init__(self, split: str) -> None:
+        self.dataset, self.params = f"{split}_dataset", f"{split}_params"
+
+    def __get__(self, module: Any, owner: type | None = None) -> Any:
+        if module is None:  # looked up on the class
+            return self
+        dataset = getattr(module, self.dataset)
+        return None if dataset is None else DatasetSplit(dataset, getattr(module, self.params))
+
+    def __set__(self, module: Any, split: DatasetSplit) -> None:
+        setattr(module, self.dataset, split.dataset)
+        setattr(module, self.params, split.params)
 
 
 class DataModule(abc.ABC):
@@ -82,14 +109,27 @@ class DataModule(abc.ABC):
     use a ``ResumableSampler`` that shards across ranks when distributed.
     """
 
-    def __init__(self) -> None:
-        self.train_dataset: Dataset[Any] | None = None
-        self.valid_dataset: Dataset[Any] | None = None
-        self.test_dataset: Dataset[Any] | None = None
+    train_dataset: Dataset[Any] | None
+    valid_dataset: Dataset[Any] | None
+    test_dataset: Dataset[Any] | None
+    train_params: DataLoaderParams
+    valid_params: DataLoaderParams
+    test_params: DataLoaderParams
+    _trainer: Trainer | None
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> DataModule:
+        # Set here, so a subclass whose __init__ skips super().__init__() (helios-ml's
+        # examples do) still has them.
+        self = super().__new__(cls)
+        self.train_dataset = self.valid_dataset = self.test_dataset = None
         self.train_params = DataLoaderParams(shuffle=True)
         self.valid_params = DataLoaderParams()
         self.test_params = DataLoaderParams()
-        self._trainer: Trainer | None = None
+        self._trainer = None
+        return self
+
+    def __init__(self) -> None:
+        pass
 
     @property
     def trainer(self) -> Trainer:
@@ -101,6 +141,15 @@ class DataModule(abc.ABC):
     @trainer.setter
     def trainer(self, trainer: Trainer) -> None:
         self._trainer = trainer
+
+    # helios-ml's form: ``self._train_dataset = self._create_dataset(dataset, params)``.
+    def _create_dataset(self, dataset: Dataset[Any], params: DataLoaderParams) -> DatasetSplit:
+        """Pair ``dataset`` with a copy of ``params`` (later changes to them do not apply)."""
+        return DatasetSplit(dataset, dataclasses.replace(params))
+
+    _train_dataset = _SplitAlias("train")
+    _valid_dataset = _SplitAlias("valid")
+    _test_dataset = _SplitAlias("test")
 
     def prepare_data(self) -> None:
         """Fetch or generate data; runs on rank 0 only, before ``setup``."""
@@ -134,12 +183,13 @@ class DataModule(abc.ABC):
             raise TypeError(
                 f"{type(dataset).__name__} has no len(); helios needs map-style datasets"
             )
+        sharded = params.is_distributed is not False
         sampler = ResumableSampler(
             dataset,
             shuffle=params.shuffle,
             seed=trainer.seed,
-            num_replicas=trainer.world_size,
-            rank=trainer.rank,
+            num_replicas=trainer.world_size if sharded else 1,
+            rank=trainer.rank if sharded else 0,
             drop_last=params.drop_last,
         )
         pin = trainer.device.type == "cuda" if params.pin_memory is None else params.pin_memory

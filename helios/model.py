@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -41,10 +40,30 @@ class Model(abc.ABC):
     """
 
     def __init__(self, save_name: str) -> None:
-        self.save_name = save_name
-        self.metrics: dict[str, float] = {}
+        self._save_name = save_name
+        self._metrics: dict[str, float] = {}
         self.optimizers: list[torch.optim.Optimizer] = []
         self._trainer: Trainer | None = None
+        # Tables helios-ml models keep their losses and scores in.
+        self._loss_items: dict[str, torch.Tensor] = {}
+        self._running_losses: dict[str, float] = {}
+        self._val_scores: dict[str, Any] = {}
+        self._test_scores: dict[str, Any] = {}
+
+    @property
+    def save_name(self) -> str:
+        """The stem of this model's checkpoint file names."""
+        return self._save_name
+
+    @save_name.setter
+    def save_name(self, name: str) -> None:
+        self._save_name = name
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The model's metrics table, filled after validation; a subclass may compute
+        them in a property of its own, as helios-ml models do."""
+        return self._metrics
 
     # -- trainer context -------------------------------------------------
     @property
@@ -65,8 +84,8 @@ class Model(abc.ABC):
 
     @property
     def rank(self) -> int:
-        """The global rank of this process (0 when not distributed)."""
-        return self.trainer.rank
+        """The local rank (the device index on this host) of this process; 0 alone."""
+        return self.trainer.local_rank
 
     @property
     def map_loc(self) -> str | dict[str, str]:
@@ -101,7 +120,7 @@ class Model(abc.ABC):
         return True
 
     def should_training_stop(self) -> bool:
-        """Asked after each validation cycle; return True to end training."""
+        """Asked after each training batch and each validation cycle; True ends training."""
         return False
 
     # -- hooks (called after the plug-ins' hooks of the same name) ---------
@@ -120,11 +139,23 @@ class Model(abc.ABC):
     def on_training_batch_start(self, state: TrainingState) -> None:
         """Called before each training batch."""
 
-    def on_training_batch_end(self, state: TrainingState) -> None:
+    def on_training_batch_end(self, state: TrainingState, should_log: bool = False) -> None:
         """Called after each training batch (after the optimizer step, if one was due)."""
 
     def on_validation_start(self, validation_cycle: int) -> None:
         """Called when a validation cycle starts."""
+
+    def on_validation_batch_start(self, step: int) -> None:
+        """Called before each validation batch."""
+
+    def on_validation_batch_end(self, step: int) -> None:
+        """Called after each validation batch."""
+
+    def on_testing_batch_start(self, step: int) -> None:
+        """Called before each testing batch."""
+
+    def on_testing_batch_end(self, step: int) -> None:
+        """Called after each testing batch."""
 
     def on_validation_end(self, validation_cycle: int) -> None:
         """Called when a validation cycle ends: fill ``self.metrics`` here."""
@@ -134,6 +165,16 @@ class Model(abc.ABC):
 
     def on_testing_end(self) -> None:
         """Called when testing ends: fill ``self.metrics`` here."""
+
+    def train(self) -> None:
+        """Put the networks in training mode (the trainer calls it before training)."""
+        for module in self.modules().values():
+            module.train()
+
+    def eval(self) -> None:
+        """Put the networks in evaluation mode (before validation and testing)."""
+        for module in self.modules().values():
+            module.eval()
 
     # -- state ------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
@@ -150,9 +191,9 @@ class Model(abc.ABC):
         state["metrics"] = dict(self.metrics)
         return state
 
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any], fast_init: bool = False) -> None:
         """Restore what ``state_dict`` saved."""
         for name, value in vars(self).items():
             if isinstance(value, _STATEFUL) and name in state_dict:
                 value.load_state_dict(state_dict[name])
-        self.metrics = dict(state_dict.get("metrics", {}))
+        self._metrics = dict(state_dict.get("metrics", {}))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
 import enum
 import logging
 import random
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +23,7 @@ from helios import checkpoint as ckpt
 from helios import distributed
 from helios.data import DataModule, ResumableSampler
 from helios.model import Model
-from helios.plugins.plugin import Plugin, check_unique_overrides
+from helios.plugins.plugin import Plugin, PluginConflictError, check_unique_overrides
 
 __all__ = ["Precision", "Trainer", "TrainingState", "TrainingUnit"]
 
@@ -40,34 +42,50 @@ class TrainingUnit(enum.Enum):
 
 @dataclasses.dataclass
 class TrainingState:
-    """Where a training run is; saved in checkpoints.
+    """Where a training run is; saved in checkpoints. Counters mean what helios-ml's mean.
 
     Attributes:
-        global_epoch: epochs completed.
-        current_iteration: batches trained in the current epoch.
-        global_iteration: optimizer steps taken (one per ``accumulation_steps`` batches).
-        dataset_iter: batches trained in total.
+        current_iteration: optimizer steps taken (one per ``accumulation_steps``
+            batches), counting the one the current batch makes.
+        global_iteration: batches trained in total, counting the current one.
+        global_epoch: epochs started: the current epoch's number, from 1; between
+            epochs, the epochs completed.
         validation_cycles: validation cycles completed.
+        dataset_iter: batches trained in the current epoch, before the current one.
         early_stop_count: validation cycles in a row without improvement.
+        average_iter_time: mean seconds per batch, over the last ones.
+        running_iter: optimizer steps since the last validation cycle.
         best_checkpoint: file name of the checkpoint kept as best, if any.
-        stopped_early: training ended before ``total_steps`` (early stop, pruning, model).
+        stopped_early: training ended before ``total_steps`` (early stop, pruning,
+            a plug-in or the model).
     """
 
-    global_epoch: int = 0
     current_iteration: int = 0
     global_iteration: int = 0
-    dataset_iter: int = 0
+    global_epoch: int = 0
     validation_cycles: int = 0
+    dataset_iter: int = 0
     early_stop_count: int = 0
+    average_iter_time: float = 0.0
+    running_iter: int = 0
     best_checkpoint: str | None = None
     stopped_early: bool = False
+
+    def dict(self) -> builtins.dict[str, Any]:
+        """The state as a plain dict."""
+        return dataclasses.asdict(self)
+
+    @property
+    def epochs_completed(self) -> int:
+        """Epochs trained to their end."""
+        return self.global_epoch - 1 if self.dataset_iter else self.global_epoch
 
 
 class Trainer:
     """Fits and tests a ``Model`` on a ``DataModule``.
 
     Args:
-        total_steps: how long to train, in ``train_unit``s.
+        total_steps: how long to train, in ``train_unit``s (``fit`` needs it).
         train_unit: whether steps are epochs or optimizer iterations.
         valid_frequency: validate every this many units (None: never).
         chkpt_frequency: checkpoint every this many units (None: never).
@@ -83,7 +101,14 @@ class Trainer:
         device: where to train; CUDA when available (``cuda:LOCAL_RANK`` under
             torchrun), else the CPU.
         enable_progress_bar: tqdm bars; None shows them when stderr is a terminal.
-        plugins: plug-ins to attach (``Plugin.configure_trainer`` also attaches).
+        plugins: plug-ins to register (as ``register_plugin`` does).
+
+    Plug-ins enter ``plugins`` (id -> plug-in) through ``Trainer(plugins=...)``,
+    ``register_plugin``, their ``configure_trainer`` or directly; each gets the
+    trainer's context when training or testing starts. ``train_exceptions`` and
+    ``test_exceptions`` list the exceptions plug-ins expect from ``fit`` and
+    ``test`` (e.g. ``optuna.TrialPruned``): when one is raised by an end hook the
+    other end hooks still run, then it propagates. No exception is swallowed.
 
     After ``fit``, ``state`` is where training ended and ``resumed_from`` the
     checkpointed state it resumed from (None when it started afresh).
@@ -92,7 +117,7 @@ class Trainer:
     def __init__(
         self,
         *,
-        total_steps: int,
+        total_steps: int | None = None,
         train_unit: TrainingUnit | str = TrainingUnit.EPOCH,
         valid_frequency: int | None = 1,
         chkpt_frequency: int | None = None,
@@ -106,7 +131,9 @@ class Trainer:
         enable_progress_bar: bool | None = None,
         plugins: Iterable[Plugin] = (),
     ) -> None:
-        _require_positive(total_steps=total_steps, accumulation_steps=accumulation_steps)
+        if total_steps is not None:
+            _require_positive(total_steps=total_steps)
+        _require_positive(accumulation_steps=accumulation_steps)
         _require_positive_or_none(
             valid_frequency=valid_frequency,
             chkpt_frequency=chkpt_frequency,
@@ -116,7 +143,7 @@ class Trainer:
             raise ValueError("chkpt_frequency needs chkpt_root: where should checkpoints go?")
         if precision not in ("32", "bf16", "fp16"):
             raise ValueError(f"precision must be '32', 'bf16' or 'fp16', got {precision!r}")
-        self.total_steps = total_steps
+        self.total_steps = total_steps  # None: fit refuses (a Trainer for plug-ins or test)
         self.train_unit = TrainingUnit(train_unit)
         self.valid_frequency = valid_frequency
         self.chkpt_frequency = chkpt_frequency
@@ -129,22 +156,34 @@ class Trainer:
         self.device = _pick_device(device, self.dist_env)
         if self.is_distributed:
             distributed.init_process_group(self.device)
+        if seed is None:  # drawn here, where every rank runs: not in a getter one rank may call
+            seed = distributed.broadcast_object(random.randrange(2**31))  # noqa: S311 (a seed)
         self._seed = seed
         self.enable_progress_bar = enable_progress_bar
         self.plugins: dict[str, Plugin] = {}
+        self.train_exceptions: list[type[BaseException]] = []
+        self.test_exceptions: list[type[BaseException]] = []
+        self._model: Model | None = None
+        self._datamodule: DataModule | None = None
+        self._configures_model: set[str] = set()  # ids whose configure_model fit calls
         self.state = TrainingState()
         self.resumed_from: TrainingState | None = None
         self._set_up_model: Model | None = None
         self._scaler: torch.amp.GradScaler | None = None
         self._scaler_state: dict[str, Any] | None = None
         for plugin in plugins:
-            plugin.configure_trainer(self)
+            self.register_plugin(plugin)
 
     # -- context the model, data module and plug-ins read ------------------
     @property
     def rank(self) -> int:
         """Global rank of this process."""
         return self.dist_env.rank
+
+    @property
+    def local_rank(self) -> int:
+        """Rank of this process on its host (its device index)."""
+        return self.dist_env.local_rank
 
     @property
     def world_size(self) -> int:
@@ -164,11 +203,46 @@ class Trainer:
     @property
     def seed(self) -> int:
         """The seed of this run (drawn at random, the same on every rank, when not given)."""
-        if self._seed is None:
-            self._seed = distributed.broadcast_object(random.randrange(2**31))  # noqa: S311 (a seed)
         return self._seed
 
+    @property
+    def model(self) -> Model:
+        """The model being fitted or tested."""
+        if self._model is None:
+            raise RuntimeError("the trainer has no model yet: fit() or test() sets it")
+        return self._model
+
+    @property
+    def datamodule(self) -> DataModule:
+        """The data module being fitted or tested on."""
+        if self._datamodule is None:
+            raise RuntimeError("the trainer has no data module yet: fit() or test() sets it")
+        return self._datamodule
+
+    @property
+    def queue(self) -> None:
+        """Always None: helios runs distributed under torchrun only, never spawning."""
+        return None
+
     # -- public API --------------------------------------------------------
+    def register_plugin(self, plugin: Plugin) -> None:
+        """Register ``plugin`` through its ``configure_trainer``; ``fit`` and ``test`` then
+        call its ``configure_model``.
+
+        Raises:
+            DuplicatePluginError: another plug-in holds its id (a ``KeyError``).
+            PluginConflictError: it claims an override another plug-in claims.
+        """
+        plugin.configure_trainer(self)
+        if self.plugins.get(plugin.plug_id) is not plugin:  # its override did not register
+            plugin._register_in_trainer(self)  # noqa: SLF001 (the plug-in API's own helper)
+        try:
+            check_unique_overrides(self.plugins.values())
+        except PluginConflictError:
+            del self.plugins[plugin.plug_id]
+            raise
+        self._configures_model.add(plugin.plug_id)
+
     def fit(self, model: Model, datamodule: DataModule) -> TrainingState:
         """Train ``model``, resuming from the latest checkpoint in ``chkpt_root``.
 
@@ -177,6 +251,8 @@ class Trainer:
         Returns:
             The final training state.
         """
+        if self.total_steps is None:
+            raise ValueError("the Trainer has no total_steps: create it with total_steps=N")
         self._attach(model, datamodule)
         try:
             self._prepare(model, datamodule, for_training=True)
@@ -186,7 +262,7 @@ class Trainer:
             valid_loader = datamodule.valid_dataloader()
             self._call("on_training_start", model)
             self._train(model, loader, valid_loader)
-            self._call("on_training_end", model)
+            self._call_to_end("on_training_end", model, self.train_exceptions)
         finally:
             datamodule.teardown()
         return self.state
@@ -205,25 +281,36 @@ class Trainer:
                 raise ValueError(f"{type(datamodule).__name__}.setup() left test_dataset None")
             batch_plugin = self._claimant("testing_batch")
             self._call("on_testing_start", model)
-            _set_train_mode(model, False)
+            model.eval()
             with torch.no_grad():
                 for step, batch in enumerate(self._bar(loader, "test")):
                     if batch_plugin is not None:
                         batch = batch_plugin.process_testing_batch(batch, step)
+                    model.on_testing_batch_start(step)
                     with self._autocast():
                         model.test_step(batch, step)
-            self._call("on_testing_end", model)
+                    model.on_testing_batch_end(step)
+            self._call_to_end("on_testing_end", model, self.test_exceptions)
         finally:
             datamodule.teardown()
         return dict(model.metrics)
 
     # -- set-up ------------------------------------------------------------
     def _attach(self, model: Model, datamodule: DataModule) -> None:
-        check_unique_overrides(self.plugins.values())
+        check_unique_overrides(self.plugins.values())  # before any hook runs
+        self._model, self._datamodule = model, datamodule
         model.trainer = self
         datamodule.trainer = self
-        for plugin in self.plugins.values():
-            plugin.configure_model(model)
+        for plug_id, plugin in self.plugins.items():
+            plugin.trainer = self
+            plugin.is_distributed = self.is_distributed
+            plugin.device = self.device
+            plugin.rank = self.local_rank
+            plugin.map_loc = self.map_loc
+            # Plug-ins registered through configure_trainer alone are configured by
+            # their user, as in helios-ml.
+            if plug_id in self._configures_model:
+                plugin.configure_model(model)
 
     def _prepare(self, model: Model, datamodule: DataModule, *, for_training: bool) -> None:
         if self.device.type == "cuda":
@@ -235,9 +322,9 @@ class Trainer:
             datamodule.prepare_data()
         if self.is_distributed:
             dist.barrier()
-        datamodule.setup()
         for plugin in self.plugins.values():
             plugin.setup()
+        datamodule.setup()
         if not already_set_up:
             model.setup()
             self._set_up_model = model
@@ -254,9 +341,10 @@ class Trainer:
         if path is None:
             return
         saved = ckpt.load_checkpoint(path, self.map_loc)
-        for plug_id, plugin in self.plugins.items():
-            plugin.load_state_dict(saved["plugins"].get(plug_id, {}))
         model.load_state_dict(saved["model"])
+        for plug_id, plugin in self.plugins.items():
+            if plug_id in saved["plugins"]:
+                plugin.load_state_dict(saved["plugins"][plug_id])
         self.state = TrainingState(**saved["training_state"])
         self.resumed_from = dataclasses.replace(self.state)
         self._seed = saved["seed"]
@@ -277,20 +365,25 @@ class Trainer:
         scaler = self._grad_scaler()
         accumulate = self.accumulation_steps
         bar = self._progress(by_epoch)
-        _set_train_mode(model, True)
+        timer = _BatchTimer()
+        model.train()
         try:
             while not self._done():
-                epoch = state.global_epoch
-                _start_epoch(loader, self.seed, epoch, state.current_iteration)
-                model.on_training_epoch_start(epoch)
+                if not state.dataset_iter:  # a new epoch; else resume the current one
+                    state.global_epoch += 1
+                _start_epoch(loader, self.seed, state.global_epoch - 1, state.dataset_iter)
+                model.on_training_epoch_start(state.global_epoch)
                 for batch in loader:
+                    state.global_iteration += 1
+                    stepped = state.global_iteration % accumulate == 0
+                    if stepped:
+                        state.current_iteration += 1
+                        state.running_iter += 1
                     if batch_plugin is not None:
                         batch = batch_plugin.process_training_batch(batch, state)
                     model.on_training_batch_start(state)
                     with self._autocast():
                         loss = model.train_step(batch, state)
-                    state.current_iteration += 1
-                    state.dataset_iter += 1
                     if loss is not None:
                         if not model.optimizers:
                             raise ValueError(
@@ -301,20 +394,21 @@ class Trainer:
                         loss = loss / accumulate if accumulate > 1 else loss
                         scaled: torch.Tensor = scaler.scale(loss) if scaler else loss
                         scaled.backward()
-                    stepped = state.dataset_iter % accumulate == 0
-                    if stepped:
-                        if loss is not None:
+                        if stepped:
                             _optimizer_step(model.optimizers, scaler)
-                        state.global_iteration += 1
+                    state.average_iter_time = timer.record()
                     model.on_training_batch_end(state)
+                    state.dataset_iter += 1
+                    if self._stop_requested(model):  # after every batch, as in helios-ml
+                        state.stopped_early = True
+                        return
                     if stepped and not by_epoch:
                         bar.update(1)
-                        if self._at_boundary(model, valid_loader, state.global_iteration):
+                        if self._at_boundary(model, valid_loader, state.current_iteration):
                             return
                 else:
-                    state.global_epoch += 1
-                    state.current_iteration = 0
-                    model.on_training_epoch_end(epoch)
+                    state.dataset_iter = 0
+                    model.on_training_epoch_end(state.global_epoch)
                     if by_epoch:
                         bar.update(1)
                         if self._at_boundary(model, valid_loader, state.global_epoch):
@@ -324,11 +418,16 @@ class Trainer:
 
     def _done(self) -> bool:
         unit = (
-            self.state.global_epoch
+            self.state.epochs_completed
             if self.train_unit is TrainingUnit.EPOCH
-            else self.state.global_iteration
+            else self.state.current_iteration
         )
-        return self.state.stopped_early or unit >= self.total_steps
+        return self.state.stopped_early or unit >= (self.total_steps or 0)
+
+    def _stop_requested(self, model: Model) -> bool:
+        """Whether a plug-in or the model asks to stop (every one of them is asked)."""
+        answers = [plugin.should_training_stop() for plugin in self.plugins.values()]
+        return any(answers) or model.should_training_stop()
 
     def _at_boundary(
         self,
@@ -337,45 +436,49 @@ class Trainer:
         step: int,
     ) -> bool:
         """Validate and checkpoint when due; True when training must end now."""
-        stop = False
+        stop = validated = False
         if valid_loader is not None and _due(step, self.valid_frequency):
             stop = self._validate(model, valid_loader)
             self.state.stopped_early = stop
+            validated = True
         if _due(step, self.chkpt_frequency):
-            self._save(model)
+            # Best only when this boundary validated and improved: a checkpoint taken
+            # later trained past the validated weights.
+            self._save(model, best=validated and self.state.early_stop_count == 0)
         return self._done()
 
     def _validate(self, model: Model, loader: torch.utils.data.DataLoader[Any]) -> bool:
         state = self.state
         cycle = state.validation_cycles
         batch_plugin = self._claimant("validation_batch")
-        _set_train_mode(model, False)
+        model.eval()
         self._call("on_validation_start", model, cycle)
         with torch.no_grad():
             for step, batch in enumerate(self._bar(loader, f"valid {cycle}")):
                 if batch_plugin is not None:
                     batch = batch_plugin.process_validation_batch(batch, step)
+                model.on_validation_batch_start(step)
                 with self._autocast():
                     model.valid_step(batch, step)
+                model.on_validation_batch_end(step)
         self._call("on_validation_end", model, cycle)
-        _set_train_mode(model, True)
+        model.train()
         state.validation_cycles += 1
+        state.running_iter = 0
         state.early_stop_count = 0 if model.have_metrics_improved() else state.early_stop_count + 1
-        stop_plugin = self._claimant("should_training_stop")
-        plugin_stop = stop_plugin.should_training_stop() if stop_plugin is not None else False
-        model_stop = model.should_training_stop()
         patience = self.early_stop_cycles
         early = patience is not None and state.early_stop_count >= patience
-        return distributed.any_rank(plugin_stop or model_stop or early, self.device)
+        # Every rank asks every plug-in here, so a plug-in may decide collectively.
+        return distributed.any_rank(self._stop_requested(model) or early, self.device)
 
-    def _save(self, model: Model) -> None:
+    def _save(self, model: Model, *, best: bool) -> None:
         if self.chkpt_root is None or self.rank != 0:
             return
         state = self.state
         path = ckpt.checkpoint_path(
-            self.chkpt_root, model.save_name, state.global_epoch, state.global_iteration
+            self.chkpt_root, model.save_name, state.epochs_completed, state.current_iteration
         )
-        if state.validation_cycles > 0 and state.early_stop_count == 0:
+        if best:
             state.best_checkpoint = path.name
         ckpt.save_checkpoint(
             {
@@ -404,6 +507,18 @@ class Trainer:
             getattr(plugin, hook)(*args)
         getattr(model, hook)(*args)
 
+    def _call_to_end(self, hook: str, model: Model, expected: list[type[BaseException]]) -> None:
+        """Call an end hook of every plug-in and the model; an expected exception from one
+        lets the others run, then propagates."""
+        raised: BaseException | None = None
+        for target in [*self.plugins.values(), model]:
+            try:
+                getattr(target, hook)()
+            except tuple(expected) as exc:
+                raised = raised or exc
+        if raised is not None:
+            raise raised
+
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.precision == "32":
             return contextlib.nullcontext()
@@ -423,7 +538,7 @@ class Trainer:
         return self.enable_progress_bar
 
     def _progress(self, by_epoch: bool) -> tqdm.tqdm[Any]:
-        done = self.state.global_epoch if by_epoch else self.state.global_iteration
+        done = self.state.epochs_completed if by_epoch else self.state.current_iteration
         return tqdm.tqdm(
             total=self.total_steps,
             initial=done,
@@ -455,9 +570,23 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _set_train_mode(model: Model, training: bool) -> None:
-    for module in model.modules().values():
-        module.train(training)
+class _BatchTimer:
+    """Mean seconds per batch over the last ``window`` batches or fewer."""
+
+    def __init__(self, window: int = 200) -> None:
+        self._window = window
+        self._total = 0.0
+        self._count = 0
+        self._last = time.perf_counter()
+
+    def record(self) -> float:
+        now = time.perf_counter()
+        if self._count >= self._window:
+            self._total, self._count = 0.0, 0
+        self._total += now - self._last
+        self._count += 1
+        self._last = now
+        return self._total / self._count
 
 
 def _start_epoch(

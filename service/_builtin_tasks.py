@@ -102,11 +102,14 @@ class SyntheticData(DataModule):
 class SyntheticModel(Model):
     """A quadratic bowl in the parameters whose loss falls with each validation cycle."""
 
-    def __init__(self, params: dict[str, Any], sleep_s: float = 0.0, exit_code: int = 0) -> None:
+    def __init__(
+        self, params: dict[str, Any], sleep_s: float = 0.0, exit_code: int = 0, fail: bool = False
+    ) -> None:
         super().__init__("synthetic")
         self.params = params
         self.sleep_s = sleep_s
         self.exit_code = exit_code
+        self.fail = fail
 
     def setup(self) -> None:
         pass
@@ -114,6 +117,8 @@ class SyntheticModel(Model):
     def train_step(self, batch: Any, state: TrainingState) -> None:
         if self.exit_code:
             os._exit(self.exit_code)  # the process dies as in an OOM kill: nothing runs after
+        if self.fail:
+            raise RuntimeError("the synthetic task was asked to fail")
         if self.sleep_s:
             time.sleep(self.sleep_s)  # stands in for the cost of a real batch
 

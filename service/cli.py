@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import os
+import logging
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from service.settings import DEFAULT_URL
 
 if TYPE_CHECKING:
     from service.settings import Settings
 
-__all__ = ["main"]
-
-DEFAULT_URL = "http://127.0.0.1:8000"
+__all__ = ["CliError", "main"]
 
 
 def _loopback(host: str) -> bool:
@@ -76,6 +77,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.api import create_app
+    from service.api.security import ScrubFilter
     from service.db import redact_url
     from service.migrations import upgrade
     from service.settings import get_settings
@@ -93,7 +95,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.dashboard_port is not None:
         from service.dashboard import start_dashboard
 
-        start_dashboard(settings.database_url, host, args.dashboard_port, tokens)
+        start_dashboard(settings.database_url, host, args.dashboard_port, tokens, settings.data_dir)
         print(f"helios-hpo: optuna-dashboard on http://{host}:{args.dashboard_port}")
     app = create_app(settings)
     # The ~120k objects of the imports live as long as the process: out of the
@@ -101,7 +103,9 @@ def _serve(args: argparse.Namespace) -> int:
     # pause every request in flight would wait for).
     gc.collect()
     gc.freeze()
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    config = uvicorn.Config(app, host=host, port=port, log_level="info")  # sets up logging
+    logging.getLogger("uvicorn.access").addFilter(ScrubFilter())  # a token in a query string
+    uvicorn.Server(config).run()
     return 0
 
 
@@ -114,7 +118,7 @@ def _dashboard(args: argparse.Namespace) -> int:
     tokens = _tokens(settings)
     if tokens is None or _exposure_refused(args.host, tokens, args.insecure):
         return 2
-    server = start_dashboard(settings.database_url, args.host, args.port, tokens)
+    server = start_dashboard(settings.database_url, args.host, args.port, tokens, settings.data_dir)
     print(
         f"helios-hpo: optuna-dashboard on http://{args.host}:{server.server_port} "
         f"for {redact_url(settings.database_url)}; Ctrl-C stops it"
@@ -144,38 +148,122 @@ def _db(args: argparse.Namespace) -> int:
     return 0
 
 
-def _request(method: str, url: str, body: Any = None) -> Any:
-    import httpx
+class CliError(Exception):
+    """A problem the user can fix, printed as ``helios-hpo: MESSAGE``; exit code 2."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+_AUTH_HINT = "pass --token, or set HELIOS_HPO_TOKEN (or HELIOS_HPO_TOKEN_FILE)"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Client:
+    """The service at ``url``, called with ``token`` when there is one."""
+
+    url: str
+    token: str | None
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> _Client:
+        settings = _client_settings()
+        try:
+            token = args.token or settings.client_token()
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        return cls((args.url or settings.url).rstrip("/"), token)
+
+    def request(self, method: str, path: str, body: str | None = None) -> Any:
+        import httpx
+
+        url = f"{self.url}{path}"
+        headers = {"content-type": "application/json"} if body is not None else {}
+        if self.token:
+            headers["authorization"] = f"Bearer {self.token}"
+        try:
+            response = httpx.request(method, url, content=body, headers=headers, timeout=30)
+        except httpx.HTTPError as exc:
+            raise CliError(
+                f"cannot reach {url}: {exc or type(exc).__name__}; is `helios-hpo serve` "
+                "running there? (--url or HELIOS_HPO_URL)"
+            ) from None
+        try:
+            answer = response.json()
+        except ValueError:
+            if response.is_success:
+                raise CliError(
+                    f"{url} answered {response.status_code} without JSON; is --url (or "
+                    "HELIOS_HPO_URL) the helios-hpo service?"
+                ) from None
+            answer = {"detail": response.text[:200]}
+        if response.is_success:
+            return answer
+        if not isinstance(answer, dict):
+            answer = {"detail": str(answer)[:200]}
+        lines = [f"{response.status_code} {answer.get('detail', '')}".rstrip()]
+        lines += [f"  {e['field']}: {e['message']}" for e in answer.get("errors", [])]
+        if response.status_code in (401, 403):
+            lines[0] += f"; {_AUTH_HINT}"
+        raise CliError("\n".join(lines), code=2 if response.status_code < 500 else 1)
+
+
+def _client_settings() -> Settings:
+    import pydantic
+
+    from service.settings import get_settings
 
     try:
-        response = httpx.request(method, url, json=body, timeout=30)
-    except httpx.HTTPError as exc:
-        raise SystemExit(
-            f"helios-hpo: cannot reach {url}: {exc}; is `helios-hpo serve` running?"
-        ) from None
-    if response.status_code >= 400:
-        try:
-            error = response.json()
-        except ValueError:
-            error = {"detail": response.text}
-        lines = [f"helios-hpo: {response.status_code} {error.get('detail', '')}"]
-        lines += [f"  {e['field']}: {e['message']}" for e in error.get("errors", [])]
-        raise SystemExit("\n".join(lines))
-    return response.json()
+        return get_settings()
+    except pydantic.ValidationError as exc:
+        where = "; ".join(
+            f"HELIOS_HPO_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise CliError(f"invalid settings: {where}") from None
 
 
-def _load_spec(path: Path) -> Any:
-    text = path.read_text()
+def _load_spec(path: Path) -> str:
+    """The spec in ``path`` (YAML for .yaml/.yml, else JSON) as a JSON body."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise CliError(f"cannot read {path}: no such file") from None
+    except IsADirectoryError:
+        raise CliError(f"cannot read {path}: it is a directory") from None
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {(exc.strerror or str(exc)).lower()}") from None
+    except UnicodeDecodeError:
+        raise CliError(f"cannot read {path}: it is not UTF-8 text") from None
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
-        return yaml.safe_load(text)
-    return json.loads(text)
+        try:
+            spec = yaml.safe_load(text)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise CliError(f"{path}{where}: {exc.problem or exc.context}") from None
+        except yaml.YAMLError as exc:
+            raise CliError(f"{path}: {exc}") from None
+    else:
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CliError(f"{path} line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    if not isinstance(spec, dict):
+        kind = "empty" if spec is None else f"a {type(spec).__name__}"
+        raise CliError(f"{path}: a study spec is a mapping (name: ..., task: ...); it is {kind}")
+    try:
+        return json.dumps(spec, allow_nan=False, default=str)
+    except ValueError:
+        raise CliError(f"{path}: NaN and infinity are not valid numbers in a spec") from None
 
 
 def _submit(args: argparse.Namespace) -> int:
-    spec = _load_spec(args.spec)
-    study = _request("POST", f"{args.url}/studies", spec)
+    body = _load_spec(args.spec)
+    client = _Client.of(args)
+    study = client.request("POST", "/studies", body)
     name = study["name"]
     workers = study["spec"]["workers"]["count"]
     print(f"created study {name!r}: {study['n_trials']} trials, {workers} workers")
@@ -183,28 +271,43 @@ def _submit(args: argparse.Namespace) -> int:
         return 0
     import tqdm
 
+    from service.client import follow_study
+    from service.lifecycle import finished_trials
+
     with tqdm.tqdm(total=study["n_trials"], desc=name, unit="trial") as bar:
-        while True:
-            study = _request("GET", f"{args.url}/studies/{name}")
-            done = study["counts"]["COMPLETE"] + study["counts"]["PRUNED"]
-            bar.update(done - bar.n)
+
+        def show(study: dict[str, Any]) -> None:
+            bar.total = study["n_trials"]
+            bar.update(finished_trials(study["counts"]) - bar.n)
             bar.set_postfix(best=study["best_value"], failed=study["counts"]["FAIL"])
-            if study["status"] != "running":
-                break
-            time.sleep(1.0)
+
+        path = f"/studies/{quote(name)}"
+        study = follow_study(lambda: client.request("GET", path), on_poll=show)
     status, reason, best = study["status"], study["status_reason"], study["best_value"]
     print(f"study {name!r} {status}: {reason}; best value {best}")
     return 0 if study["status"] == "finished" else 1
 
 
 def _studies(args: argparse.Namespace) -> int:
+    client = _Client.of(args)
     if args.name:
-        print(json.dumps(_request("GET", f"{args.url}/studies/{args.name}"), indent=2))
+        print(json.dumps(client.request("GET", f"/studies/{quote(args.name)}"), indent=2))
         return 0
-    page = _request("GET", f"{args.url}/studies?limit=1000")
+    page = client.request("GET", "/studies?limit=1000")
     for s in page["items"]:
         print(f"{s['name']:32} {s['task']:12} {s['status']:9} {s['n_trials']:>7} trials")
     return 0
+
+
+def _client_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--url", help=f"the service (default $HELIOS_HPO_URL or {DEFAULT_URL})")
+    options.add_argument(
+        "--token",
+        help="the API token to send (default $HELIOS_HPO_TOKEN, or the file "
+        "$HELIOS_HPO_TOKEN_FILE names; a file keeps it out of shell history)",
+    )
+    return options
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -241,18 +344,14 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--worker-id", type=int, default=0)
     worker.set_defaults(func=_worker)
 
-    url = os.environ.get("HELIOS_HPO_URL", DEFAULT_URL)
-    submit = sub.add_parser("submit", help="submit a study spec (JSON or YAML)")
+    client = _client_options()
+    submit = sub.add_parser("submit", help="submit a study spec (JSON or YAML)", parents=[client])
     submit.add_argument("spec", type=Path)
     submit.add_argument("--wait", action="store_true", help="show progress until the study ends")
-    submit.add_argument(
-        "--url", default=url, help=f"the service (default $HELIOS_HPO_URL or {DEFAULT_URL})"
-    )
     submit.set_defaults(func=_submit)
 
-    studies = sub.add_parser("studies", help="list studies, or show one")
+    studies = sub.add_parser("studies", help="list studies, or show one", parents=[client])
     studies.add_argument("name", nargs="?")
-    studies.add_argument("--url", default=url)
     studies.set_defaults(func=_studies)
 
     db = sub.add_parser("db", help="database maintenance")
@@ -266,7 +365,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``helios-hpo`` command."""
     args = _parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except CliError as exc:
+        print(f"helios-hpo: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
     return code
 
 

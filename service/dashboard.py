@@ -6,17 +6,28 @@ gets its own port rather than a path under the API.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import socketserver
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from service.api.security import guard_wsgi
-from service.db import normalize_url, optuna_storage
+from service import optuna_tables, studies
+from service.api.security import guard_wsgi, scrub_query
+from service.db import (
+    make_engine,
+    make_session_factory,
+    normalize_url,
+    optuna_storage,
+    session_scope,
+)
+from service.errors import ConflictError, NotFoundError
 
-__all__ = ["DashboardServer", "dashboard_app", "start_dashboard"]
+__all__ = ["DashboardServer", "dashboard_app", "service_rules", "start_dashboard"]
 
 log = logging.getLogger("helios_hpo.dashboard")
 
@@ -45,19 +56,74 @@ class DashboardServer(socketserver.ThreadingMixIn, WSGIServer):
 
 class _LogHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base's name)
-        log.debug("%s %s", self.address_string(), format % args)
+        log.debug("%s %s", self.address_string(), scrub_query(format % args))
+
+
+_DELETE = re.compile(r"^/api/studies/(\d+)$")
+_RENAME = re.compile(r"^/api/studies/(\d+)/rename$")
+
+
+def _json(start_response: Callable[..., Any], status: str, body: dict[str, Any]) -> list[bytes]:
+    start_response(status, [("Content-Type", "application/json")])
+    return [json.dumps(body).encode()]
+
+
+def service_rules(app: Any, database_url: str, data_dir: Path) -> Any:
+    """The service's rules in front of the dashboard's study-deleting and renaming endpoints.
+
+    A study of the service is deleted as ``DELETE /studies/{name}`` deletes it (refused
+    while it runs or has live workers; its row, logs and checkpoints go too), and is
+    never renamed: its workers, logs and API know it by its name. Other Optuna studies
+    are left to the dashboard.
+    """
+    engine = make_engine(database_url)
+    sessions = make_session_factory(engine)
+    storage = optuna_storage(database_url)
+
+    def ruled(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        match = (_DELETE.match(path) if method == "DELETE" else None) or (
+            _RENAME.match(path) if method == "POST" else None
+        )
+        if match is None:
+            return app(environ, start_response)
+        with engine.connect() as conn:
+            name = conn.scalar(optuna_tables.study_name_query(int(match.group(1))))
+            ours = name is not None and conn.scalar(studies.study_row_id_query(name)) is not None
+        if name is None or not ours:
+            return app(environ, start_response)
+        if method == "POST":
+            reason = (
+                f"study {name!r} belongs to helios-hpo, whose workers, logs and API know it by "
+                "its name: it cannot be renamed"
+            )
+            return _json(start_response, "409 Conflict", {"reason": reason})
+        try:
+            with session_scope(sessions) as session:
+                studies.delete_study(session, name, storage, data_dir)
+        except (ConflictError, NotFoundError) as exc:
+            return _json(start_response, "409 Conflict", {"reason": exc.detail})
+        return _json(start_response, "204 No Content", {})
+
+    return ruled
 
 
 def start_dashboard(
-    database_url: str, host: str, port: int, tokens: Mapping[str, str] | None = None
+    database_url: str,
+    host: str,
+    port: int,
+    tokens: Mapping[str, str] | None = None,
+    data_dir: Path = Path("helios-hpo-data"),
 ) -> DashboardServer:
     """Serve the dashboard on ``host:port`` in a daemon thread; ``shutdown()`` stops it.
 
     With ``tokens``, every request needs one (HTTP basic auth with the token as
-    password, or a bearer header), and read tokens cannot write.
+    password, or a bearer header), and read tokens cannot write. Deleting a
+    study of the service follows the service's rules (``service_rules``).
     """
     server = DashboardServer((host, port), _LogHandler)
-    server.set_app(guard_wsgi(dashboard_app(database_url), tokens or {}))
+    ruled = service_rules(dashboard_app(database_url), database_url, data_dir)
+    server.set_app(guard_wsgi(ruled, tokens or {}))
     threading.Thread(target=server.serve_forever, name="dashboard", daemon=True).start()
     log.info("optuna-dashboard on http://%s:%s", host, server.server_port)
     return server

@@ -11,20 +11,21 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
+import sqlalchemy.exc
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = [
+    "DB_ERRORS",
     "SERVICE_POOL",
     "WORKER_POOL",
     "Pool",
     "after_commit",
-    "after_rollback",
     "make_engine",
     "make_session_factory",
     "normalize_url",
@@ -32,9 +33,11 @@ __all__ = [
     "redact_url",
     "session_scope",
     "study_lock",
+    "with_db_retries",
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_S = 30
 
@@ -143,11 +146,6 @@ def after_commit(session: Session, action: Callable[[], None]) -> None:
     session.info.setdefault("after_commit", []).append(action)
 
 
-def after_rollback(session: Session, action: Callable[[], None]) -> None:
-    """Run ``action`` if ``session_scope`` rolls ``session`` back (undo work outside it)."""
-    session.info.setdefault("after_rollback", []).append(action)
-
-
 def _run(session: Session, key: str) -> None:
     for action in session.info.pop(key, []):
         try:
@@ -158,7 +156,8 @@ def _run(session: Session, key: str) -> None:
 
 @contextmanager
 def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A unit of work: commit on success, roll back on any error, then run the hooks."""
+    """A unit of work: commit on success (then run its after-commit hooks), roll back on
+    any error."""
     session = factory()
     try:
         yield session
@@ -166,13 +165,39 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
     except BaseException:
         session.rollback()
         session.info.pop("after_commit", None)
-        _run(session, "after_rollback")
         raise
     else:
-        session.info.pop("after_rollback", None)
         _run(session, "after_commit")
     finally:
         session.close()
+
+
+# What a database outage looks like from SQLAlchemy and Optuna.
+DB_ERRORS = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    optuna.exceptions.StorageInternalError,
+)
+
+
+def with_db_retries(what: str, action: Callable[[], T], give_up_after_s: float) -> T:
+    """Run ``action``, retrying with backoff (0.5 s to 8 s) while the database is away."""
+    delay = 0.5
+    give_up = time.monotonic() + give_up_after_s
+    while True:
+        try:
+            return action()
+        except DB_ERRORS as exc:
+            if time.monotonic() + delay > give_up:
+                raise
+            log.warning(
+                "database unavailable while %s (%s); retrying in %.1f s",
+                what,
+                type(exc).__name__,
+                delay,
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
 
 
 _ADVISORY_NAMESPACE = 0x4850_4F  # "HPO": first key of the per-study advisory lock
@@ -181,10 +206,12 @@ _LOCK_POLL_MIN_S, _LOCK_POLL_MAX_S = 0.002, 0.05
 
 
 @contextmanager
-def study_lock(engine: Engine, study_row_id: int) -> Iterator[None]:
+def study_lock(engine: Engine, study_row_id: int) -> Iterator[Connection | None]:
     """The study's lock: budget checks with trial creation, and failures with their retries.
 
     A file lock beside a SQLite database (one host), an advisory lock on PostgreSQL.
+    Yields, on PostgreSQL, the connection that holds the lock: reads may use it (it
+    is rolled back at the end, so no writes); on SQLite, None.
     """
     url = engine.url
     if url.get_backend_name() == "sqlite":
@@ -192,7 +219,7 @@ def study_lock(engine: Engine, study_row_id: int) -> Iterator[None]:
         with lock_path.open("a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                yield
+                yield None
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
         return
@@ -206,7 +233,7 @@ def study_lock(engine: Engine, study_row_id: int) -> Iterator[None]:
         with engine.connect() as conn:
             if conn.scalar(_TRY_LOCK, {"a": _ADVISORY_NAMESPACE, "b": study_row_id}):
                 try:
-                    yield
+                    yield conn
                 finally:
                     # A lost connection took its transaction, and the lock, with it.
                     with contextlib.suppress(OperationalError, InterfaceError):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-__all__ = ["ContainerLines", "FileLines", "log_tail", "of_trial"]
+if TYPE_CHECKING:
+    from service.launchers import Launcher
+
+__all__ = ["FileLines", "LauncherLines", "log_tail", "of_trial"]
 
 
 def log_tail(path: str | Path, lines: int) -> list[str]:
@@ -47,16 +51,31 @@ class FileLines:
             self.pending = b""
         return [line.decode(errors="replace") for line in complete]
 
+    def skip(self, lines: int) -> None:
+        """Start after the first ``lines`` lines (those were sent from elsewhere)."""
+        with contextlib.suppress(FileNotFoundError), self.path.open("rb") as f:
+            for _ in range(lines):
+                if not f.readline():
+                    break
+            self.position = f.tell()
 
-class ContainerLines:
-    """The new lines of a container's log at each call, through the Docker API."""
 
-    def __init__(self, docker: Any, worker_id: int, path: Path) -> None:
-        self.docker, self.worker_id, self.path, self.sent = docker, worker_id, path, 0
+class LauncherLines:
+    """A live worker's new lines at each call, read through its launcher (a container's
+    log); from its log file once the launcher has none (its container was removed after
+    it ended, and its log kept in the file)."""
+
+    def __init__(self, launcher: Launcher, ref: str, path: Path) -> None:
+        self.launcher, self.ref = launcher, ref
+        self.file: FileLines | None = None
+        self.path, self.sent = path, 0
 
     def __call__(self, ended: bool) -> list[str]:
-        lines: list[str] | None = self.docker.logs(self.worker_id)
-        if lines is None:  # removed once ended; its log was kept in the file
-            lines = log_tail(self.path, 1_000_000)
-        new, self.sent = lines[self.sent :], len(lines)
-        return new
+        if self.file is None:
+            lines = self.launcher.log_lines(self.ref)
+            if lines is not None:
+                new, self.sent = lines[self.sent :], len(lines)
+                return new
+            self.file = FileLines(self.path)
+            self.file.skip(self.sent)
+        return self.file(ended)

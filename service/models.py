@@ -10,7 +10,6 @@ from sqlalchemy import (
     JSON,
     DateTime,
     Dialect,
-    Float,
     ForeignKey,
     Integer,
     MetaData,
@@ -21,7 +20,11 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from service.schemas import StudySpec
+
 __all__ = [
+    "ENDED_STATUSES",
+    "LIVE_STATES",
     "Base",
     "StudyRow",
     "StudyStatus",
@@ -45,6 +48,7 @@ class Base(DeclarativeBase):
 
 
 class StudyStatus(enum.StrEnum):
+    CREATING = "creating"  # its row is committed, its Optuna study not yet complete
     RUNNING = "running"
     PAUSED = "paused"
     FINISHED = "finished"
@@ -53,11 +57,17 @@ class StudyStatus(enum.StrEnum):
 
 
 class WorkerState(enum.StrEnum):
+    STARTING = "starting"  # its row is committed, its launcher asked to start it
     RUNNING = "running"
     EXITED = "exited"  # exit code 0
     FAILED = "failed"  # non-zero exit or killed by a signal
     STOPPED = "stopped"  # stopped by the service
     LOST = "lost"  # gone without an exit code we could read
+
+
+# A worker in these states may run: it holds its GPUs, and its study cannot be deleted.
+LIVE_STATES = (WorkerState.STARTING, WorkerState.RUNNING)
+ENDED_STATUSES = (StudyStatus.FINISHED, StudyStatus.STOPPED, StudyStatus.FAILED)
 
 
 def _now() -> dt.datetime:
@@ -108,10 +118,32 @@ class StudyRow(Base):
         UTCDateTime, default=_now, onupdate=_now, server_default=func.now()
     )
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    # The last resume: crashes before it are not part of a crash loop.
+    resumed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    # Every UPDATE and DELETE of the row checks and bumps it (StaleDataError when another
+    # writer got there first): two state changes never both win.
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
     workers: Mapped[list[WorkerRow]] = relationship(
         back_populates="study", cascade="all, delete-orphan", order_by="WorkerRow.id"
     )
+
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 (SQLAlchemy's form)
+
+    @property
+    def study_spec(self) -> StudySpec:
+        """The stored spec, parsed (leniently: see ``StudySpec.from_stored``)."""
+        return StudySpec.from_stored(self.spec)
+
+    @study_spec.setter
+    def study_spec(self, spec: StudySpec) -> None:
+        self.spec = spec.model_dump(mode="json")  # a new dict: the JSON column sees the change
+
+    def set_status(self, status: StudyStatus, reason: str | None) -> None:
+        """Change the status; an ended study gets its ``finished_at``."""
+        self.status = status
+        self.status_reason = reason
+        self.finished_at = _now() if status in ENDED_STATUSES else None
 
 
 class WorkerRow(Base):
@@ -123,12 +155,15 @@ class WorkerRow(Base):
     )
     launcher: Mapped[str] = mapped_column(String(16))
     host: Mapped[str] = mapped_column(String(255))
-    pid: Mapped[int | None] = mapped_column(Integer, default=None)
-    pid_start_time: Mapped[float | None] = mapped_column(Float, default=None)
+    # Its launcher's handle (None until it started): only the launcher reads it.
+    ref: Mapped[str | None] = mapped_column(Text, default=None)
+    pid: Mapped[int | None] = mapped_column(Integer, default=None)  # for people, where known
     gpus: Mapped[str] = mapped_column(String(64), default="")
-    state: Mapped[str] = mapped_column(String(16), default=WorkerState.RUNNING)
+    state: Mapped[str] = mapped_column(String(16), default=WorkerState.STARTING)
     exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
     trials_run: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Trials it was seen training (a heartbeat after a trained batch).
+    trials_trained: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     log_path: Mapped[str] = mapped_column(Text)
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=_now)
     ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
@@ -136,6 +171,12 @@ class WorkerRow(Base):
     study: Mapped[StudyRow] = relationship(back_populates="workers")
 
     @property
-    def crashed(self) -> bool:
-        """It failed before finishing any trial: part of a crash loop, not a kill mid-work."""
-        return self.state == WorkerState.FAILED and self.trials_run == 0
+    def live(self) -> bool:
+        """It may run (starting or running)."""
+        return self.state in LIVE_STATES
+
+    def end(self, state: WorkerState, exit_code: int | None) -> None:
+        """Record how it ended."""
+        self.state = state
+        self.exit_code = exit_code
+        self.ended_at = _now()

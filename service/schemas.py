@@ -6,7 +6,14 @@ import datetime as dt
 import math
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "NAME_PATTERN",
@@ -28,6 +35,7 @@ __all__ = [
     "StudySummary",
     "TaskRead",
     "TrialRead",
+    "UnreadableSpecError",
     "WorkerRead",
     "WorkersPatch",
     "WorkersSpec",
@@ -42,7 +50,12 @@ T = TypeVar("T")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict types: true is not 1 and "5" is not 5 (an integer is still a float).
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# Optuna stores every parameter value as a float: integers beyond this lose precision.
+MAX_INT_BOUND = 2**53
 
 
 def _fits_steps(low: float, high: float, step: float) -> bool:
@@ -63,6 +76,15 @@ class FloatParam(_Strict):
     def _check(self) -> FloatParam:
         if self.low >= self.high:
             raise ValueError(f"low ({self.low}) must be < high ({self.high})")
+        if not math.isfinite(self.high - self.low):
+            raise ValueError(
+                f"high - low overflows a float ({self.low} to {self.high}); narrow the range"
+            )
+        if self.step is not None and not (self.high - self.low) / self.step <= MAX_INT_BOUND:
+            raise ValueError(
+                f"step {self.step} makes more than 2**53 values between low and high; "
+                "use a larger step"
+            )
         if self.log and self.low <= 0:
             raise ValueError(f"log needs low > 0, got low={self.low}")
         if self.log and self.step is not None:
@@ -87,6 +109,10 @@ class IntParam(_Strict):
     def _check(self) -> IntParam:
         if self.low >= self.high:
             raise ValueError(f"low ({self.low}) must be < high ({self.high})")
+        if max(abs(self.low), abs(self.high)) > MAX_INT_BOUND:
+            raise ValueError(
+                "low and high must lie within -2**53 and 2**53 (Optuna stores values as floats)"
+            )
         if self.log and self.low < 1:
             raise ValueError(f"log needs low >= 1, got low={self.low}")
         if self.log and self.step != 1:
@@ -141,8 +167,11 @@ class WorkersSpec(_Strict):
 
     count: int = Field(1, ge=1, le=64)
     gpus_per_worker: int = Field(0, ge=0, le=16)
-    launcher: Literal["local", "docker"] = Field(
-        "local", description="local processes, or containers on HELIOS_HPO_DOCKER_HOSTS"
+    launcher: str = Field(
+        "local",
+        pattern=r"^[a-z][a-z0-9_-]{0,31}$",
+        description="a launcher this service runs: local (processes), docker (containers on "
+        "HELIOS_HPO_DOCKER_HOSTS), ...",
     )
     image: str | None = Field(
         None,
@@ -169,17 +198,38 @@ class StudySpec(_Strict):
     enqueue_trials: list[dict[str, Any]] = Field(default_factory=list, max_length=10_000)
     workers: WorkersSpec = Field(default_factory=WorkersSpec)
 
-    @model_validator(mode="after")
-    def _check(self) -> StudySpec:
-        if self.objectives is not None:
-            metrics = [o.metric for o in self.objectives]
-            if len(set(metrics)) != len(metrics):
-                raise ValueError("objectives must name distinct metrics")
-        return self
+    @field_validator("objectives")
+    @classmethod
+    def _distinct_metrics(cls, objectives: list[Objective] | None) -> list[Objective] | None:
+        metrics = [o.metric for o in objectives or []]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError("objectives must name distinct metrics")
+        return objectives
 
     @property
     def is_multi_objective(self) -> bool:
         return self.objectives is not None and len(self.objectives) > 1
+
+    @classmethod
+    def from_stored(cls, stored: dict[str, Any]) -> StudySpec:
+        """A spec as the database holds it. Fields this version does not know are ignored
+        (a newer service may have written them); what it cannot honour is refused.
+
+        Raises:
+            UnreadableSpecError: which fields, and why.
+        """
+        try:
+            return cls.model_validate(stored, extra="ignore")
+        except ValidationError as exc:
+            raise UnreadableSpecError(
+                "; ".join(
+                    f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors()
+                )
+            ) from None
+
+
+class UnreadableSpecError(ValueError):
+    """A stored spec that this version cannot run (one written by a newer service, say)."""
 
 
 class WorkersPatch(_Strict):
@@ -193,6 +243,9 @@ class StudyPatch(_Strict):
 
     n_trials: int | None = Field(None, ge=1, le=MAX_TRIALS)
     timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+    max_failed_trials: int | None = Field(None, ge=0)
+    max_retries: int = Field(2, ge=0, le=10)
+    max_restarts: int = Field(3, ge=0, le=100)
     workers: WorkersPatch | None = None
 
 
@@ -232,6 +285,7 @@ class WorkerRead(BaseModel):
     id: int
     launcher: str
     host: str
+    ref: str | None = Field(description="its launcher's handle: host:pid:start, host/container")
     pid: int | None
     gpus: str
     state: str

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["DockerHost", "Settings", "get_settings"]
+__all__ = ["DEFAULT_URL", "DockerHost", "DockerSettings", "Settings", "get_settings"]
+
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 class DockerHost(BaseModel):
@@ -31,6 +33,47 @@ class DockerHost(BaseModel):
         return value
 
 
+class DockerSettings(BaseSettings):
+    """Workers as containers on Docker hosts; each field is read from
+    ``HELIOS_HPO_DOCKER_<FIELD>``, e.g. ``HELIOS_HPO_DOCKER_HOSTS``."""
+
+    model_config = SettingsConfigDict(env_prefix="HELIOS_HPO_DOCKER_", extra="ignore")
+
+    hosts: list[DockerHost] = Field(
+        default_factory=list,
+        description='JSON, e.g. [{"name": "gpu1", "url": "ssh://me@gpu1", "gpus": [0, 1]}]',
+    )
+    image: str = "helios-hpo-worker:0.1.0"
+    images: list[str] = Field(
+        default_factory=list, description="Other images a spec may name in workers.image."
+    )
+    network: str | None = None
+    volumes: list[str] = Field(
+        default_factory=lambda: ["helios-hpo_data:/data"],
+        description="Volumes of every worker container, as name:/path.",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="More environment for worker containers."
+    )
+    database_url: str | None = Field(
+        None, description="The database URL as containers reach it (default: database_url)."
+    )
+    user: str | None = Field(
+        None,
+        description=(
+            "uid:gid of the worker containers (default: the image's); the service's own "
+            "when they share its SQLite file or data folder by bind mount."
+        ),
+    )
+    gpu_devices: Literal["request", "env"] = Field(
+        "request",
+        description=(
+            "request: the leased GPUs as device requests (the NVIDIA container toolkit); "
+            "env: only NVIDIA_VISIBLE_DEVICES, for hosts whose default runtime is nvidia."
+        ),
+    )
+
+
 class Settings(BaseSettings):
     """Configuration of the service and its workers.
 
@@ -49,33 +92,29 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = 8000
+    # The command line's view of the service (submit, studies).
+    url: str = Field(DEFAULT_URL, description="The service the command line talks to.")
+    token: SecretStr | None = Field(None, description="The token the command line sends.")
+    token_file: Path | None = Field(
+        None, description="A file holding the command line's token (kept out of shell history)."
+    )
     supervisor_interval_s: float = Field(1.0, gt=0)
     heartbeat_interval_s: int = Field(10, ge=1)
     heartbeat_grace_s: int = Field(60, ge=2)
     worker_stop_timeout_s: float = Field(10.0, gt=0)
+    launcher_outage_s: float = Field(
+        300.0,
+        gt=0,
+        description=(
+            "How long a launcher's host may stay unreachable (e.g. a Docker engine "
+            "restarting) before studies that cannot start workers on it fail."
+        ),
+    )
     db_retry_s: float = Field(
         120.0, gt=0, description="How long workers retry while the database is away."
     )
-    # The Docker launcher (workers.launcher = "docker").
-    docker_hosts: list[DockerHost] = Field(
-        default_factory=list,
-        description='JSON, e.g. [{"name": "gpu1", "url": "ssh://me@gpu1", "gpus": [0, 1]}]',
-    )
-    docker_image: str = "helios-hpo-worker:0.1.0"
-    docker_images: list[str] = Field(
-        default_factory=list, description="Other images a spec may name in workers.image."
-    )
-    docker_network: str | None = None
-    docker_volumes: list[str] = Field(
-        default_factory=lambda: ["helios-hpo_data:/data"],
-        description="Volumes of every worker container, as name:/path.",
-    )
-    docker_env: dict[str, str] = Field(
-        default_factory=dict, description="More environment for worker containers."
-    )
-    docker_database_url: str | None = Field(
-        None, description="The database URL as containers reach it (default: database_url)."
-    )
+    # The Docker launcher (workers.launcher = "docker"): HELIOS_HPO_DOCKER_*.
+    docker: DockerSettings = Field(default_factory=lambda: DockerSettings())
     workers_per_gpu: int = Field(1, ge=1, le=64)
     # Who may call the API and the dashboard.
     api_tokens: Annotated[list[str], NoDecode] = Field(
@@ -133,6 +172,27 @@ class Settings(BaseSettings):
                 )
             tokens[token] = role
         return tokens
+
+    def client_token(self) -> str | None:
+        """The token the command line sends: HELIOS_HPO_TOKEN, else HELIOS_HPO_TOKEN_FILE.
+
+        Raises:
+            ValueError: the token file cannot be read or is empty.
+        """
+        if self.token is not None and self.token.get_secret_value():
+            return self.token.get_secret_value().strip()
+        if self.token_file is None:
+            return None
+        try:
+            token = self.token_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not text"
+            raise ValueError(
+                f"cannot read HELIOS_HPO_TOKEN_FILE {self.token_file}: {why}"
+            ) from None
+        if not token:
+            raise ValueError(f"HELIOS_HPO_TOKEN_FILE {self.token_file} is empty")
+        return token
 
     @field_validator("gpus", mode="before")
     @classmethod

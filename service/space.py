@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
+import json
 import math
+import sys
+import typing
 import warnings
 from typing import Any
 
 import optuna
+import pydantic
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -75,12 +80,80 @@ def _build(kind: str, classes: dict[str, type], spec: NamedArgs, field: str) -> 
                 )
             ]
         )
+    signature = inspect.signature(cls)
+    wrong = [
+        (f"{field}.args.{name}", f"{spec.name}: {why}")
+        for name, value in spec.args.items()
+        if (why := _arg_type_error(cls, signature.parameters[name], value)) is not None
+    ]
+    if wrong:
+        raise SpecError(wrong)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return cls(**spec.args)
     except Exception as exc:  # the class's own check of its arguments
         raise SpecError([(f"{field}.args", f"{spec.name}: {exc}")]) from None
+
+
+def _arg_type_error(cls: type, parameter: inspect.Parameter, value: Any) -> str | None:
+    """Why a JSON ``value`` does not fit the parameter's annotation, or None.
+
+    Optuna annotates as strings; those that name only typing's and the class's
+    module's names are checked strictly (JSON numbers for numbers, lists for
+    sequences); the rest are left to the class.
+    """
+    hint = parameter.annotation
+    if hint is inspect.Parameter.empty:
+        return None
+    if isinstance(hint, str):
+        names = {**vars(collections.abc), **vars(typing), **vars(sys.modules[cls.__module__])}
+        try:
+            hint = eval(hint, names)  # noqa: S307 (Optuna's own annotation, not user input)
+        except Exception:
+            return None  # names only imported for type checkers
+    try:
+        adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(hint)
+    except Exception:
+        return None  # no schema for that type (a class of Optuna's)
+    try:
+        adapter.validate_json(json.dumps(value), strict=True)
+    except pydantic.ValidationError as exc:
+        return (
+            f"{parameter.name} must be {_hint_name(hint)}, got {value!r} ({exc.errors()[0]['msg']})"
+        )
+    return None
+
+
+def _hint_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def _grid_errors(spec: StudySpec) -> list[tuple[str, str]]:
+    """A GridSampler's grid must give values for every searched parameter, inside its range."""
+    if spec.sampler.name != "GridSampler" or not isinstance(
+        grid := spec.sampler.args.get("search_space"), dict
+    ):
+        return []
+    field = "sampler.args.search_space"
+    dists = distributions(spec)
+    errors = []
+    if missing := sorted(set(dists) - set(grid)):
+        errors.append((field, f"the grid has no values for {missing}; GridSampler needs each"))
+    for name, values in grid.items():
+        if name not in dists:
+            errors.append(
+                (f"{field}.{name}", f"not in the search space; parameters: {sorted(dists)}")
+            )
+        elif not isinstance(values, list) or not values:
+            errors.append((f"{field}.{name}", "must be a non-empty list of values"))
+        else:
+            errors += [
+                (f"{field}.{name}.{i}", why)
+                for i, value in enumerate(values)
+                if (why := _outside(value, dists[name])) is not None
+            ]
+    return errors
 
 
 def build_sampler(spec: NamedArgs, *, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
@@ -149,18 +222,10 @@ def resolve_spec(spec: StudySpec, task: Task) -> StudySpec:
             )
     if multi and spec.pruner is not None and spec.pruner.name != "NopPruner":
         errors.append(("pruner", "a multi-objective study cannot prune; leave the pruner out"))
-    accepted_args = sorted(task.default_task_args)
     for key, value in spec.task_args.items():
-        if key not in task.default_task_args:
-            errors.append(
-                (
-                    f"task_args.{key}",
-                    f"unknown argument for task {task.name!r}; accepted: {accepted_args}",
-                )
-            )
-        elif not _same_kind(value, task.default_task_args[key]):
-            expected = type(task.default_task_args[key]).__name__
-            errors.append((f"task_args.{key}", f"must be {expected}, got {value!r}"))
+        if (problem := task.task_arg_error(key, value)) is not None:
+            errors.append((f"task_args.{key}", problem))
+    errors.extend(_grid_errors(resolved))
     for build in (lambda: build_sampler(resolved.sampler), lambda: build_pruner(resolved.pruner)):
         try:
             build()
@@ -185,14 +250,6 @@ def param_errors(
             elif (outside := _outside(value, dists[name])) is not None:
                 errors.append((f"{field}.{i}.{name}", outside))
     return errors
-
-
-def _same_kind(value: Any, default: Any) -> bool:
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(value, bool) and isinstance(default, bool)
-    if isinstance(default, float):
-        return isinstance(value, int | float)
-    return isinstance(value, type(default))
 
 
 def _outside(value: Any, dist: BaseDistribution) -> str | None:

@@ -1,66 +1,107 @@
-"""Keeps each running study's workers alive and ends studies whose budget is spent."""
+"""Keeps each study's workers as its row says, one study at a time.
+
+Each tick reconciles every study that needs it, each in its own unit of work:
+
+1. look: ask the launchers whether the study's live workers still run (no
+   transaction open while they answer);
+2. decide: in one transaction, with the study's row locked, record the exits
+   seen, end the study if its budget, failure limit, timeout or a crash loop
+   says so, and commit the rows of the workers to start (``starting``, GPUs
+   leased);
+3. act, once the database agrees: start those workers and record their
+   handles, signal the workers of a stopped study (SIGKILL after the stop
+   timeout), fail the trials no worker is left to end.
+
+A study whose tick raises is logged and tried again at the next tick; the other
+studies go on. What the supervisor acts on is read back from the database at
+every tick, so an action that failed is done again; GPU leases are owned by
+worker ids and freed once a worker's row says it ended.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import logging
 import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import optuna
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import trials
-from service.db import after_commit, session_scope
-from service.launchers.base import LOST, Launcher
-from service.launchers.docker import DockerLauncher
-from service.launchers.gpus import Lease
-from service.launchers.local import LocalLauncher, worker_log_path
+from service import lifecycle, optuna_tables
+from service.db import session_scope
+from service.launchers import (
+    LOST,
+    UNREACHABLE,
+    Launcher,
+    LauncherUnavailable,
+    Lease,
+    WorkerHandle,
+    WorkerLaunch,
+    registered,
+    worker_log_path,
+)
 from service.logs import log_tail
-from service.models import StudyRow, StudyStatus, WorkerRow, WorkerState, seconds_since
+from service.models import LIVE_STATES, StudyRow, StudyStatus, WorkerRow, WorkerState
 from service.schemas import StudySpec
-from service.studies import sweep_stale_trials
+from service.stale import StaleTrials
+from service.studies import remove_unfinished
 
-__all__ = ["Supervisor", "restart_backoff_s"]
+__all__ = ["Supervisor"]
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_S = 60.0
+
+@dataclasses.dataclass(frozen=True)
+class _Held:
+    """A worker this service started or adopted: what frees it once it ended."""
+
+    launcher: Launcher
+    ref: str
+    log_path: Path
 
 
-def _lease(worker: WorkerRow) -> Lease:
-    return Lease(worker.host, tuple(int(g) for g in worker.gpus.split(",") if g))
+@dataclasses.dataclass
+class _Seen:
+    """What the launchers said of a study's live workers."""
+
+    exits: dict[int, int] = dataclasses.field(default_factory=dict)  # worker id -> exit code
+    # Workers whose handle was never recorded: found running, or None.
+    found: dict[int, WorkerHandle | None] = dataclasses.field(default_factory=dict)
 
 
-def restart_backoff_s(failures: int) -> float:
-    """Seconds to wait before restarting after ``failures`` crashes in a row: 1, 2, 4, ... 60."""
-    return min(2.0 ** (failures - 1), MAX_BACKOFF_S) if failures > 0 else 0.0
+@dataclasses.dataclass
+class _Plan:
+    """What to do once a study's unit of work committed."""
+
+    name: str
+    row_id: int
+    optuna_id: int | None
+    starts: list[tuple[Launcher, WorkerLaunch]] = dataclasses.field(default_factory=list)
+    stops: list[tuple[int, Launcher, str]] = dataclasses.field(default_factory=list)
+    fail_running: bool = False  # stopped or failed, no worker left: fail its RUNNING trials
+    sweep: bool = False  # no worker left to notice stale trials: fail them here
 
 
-def _crash_streak(workers: list[WorkerRow]) -> list[WorkerRow]:
-    """The newest workers, newest first, that failed before finishing any trial.
-
-    A worker that trained trials and was then killed (OOM, SIGKILL, host loss)
-    breaks the streak: that is not a crash loop.
-    """
-    streak = []
-    for worker in sorted(workers, key=lambda w: w.id, reverse=True):
-        if worker.state == WorkerState.RUNNING:
-            continue
-        if not worker.crashed:
-            break
-        streak.append(worker)
-    return streak
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 class Supervisor:
-    """A thread that reconciles studies with their worker processes.
+    """A thread that reconciles studies with their workers (see the module's docstring).
 
-    Each tick: reap exited workers, end studies whose budget, timeout or
-    failure limit is reached, start the workers a running study lacks, and
-    stop the workers of ended studies.
+    Args:
+        launchers: the launchers this service runs, by name.
+        interval_s: seconds between ticks (a worker's exit or a request wakes it sooner).
+        stop_timeout_s: how long a stopped worker has to exit before SIGKILL.
+        grace_s: how long a trial may go without a heartbeat.
+        data_dir: where workers log.
     """
 
     def __init__(
@@ -68,23 +109,29 @@ class Supervisor:
         engine: Engine,
         session_factory: sessionmaker[Session],
         storage: optuna.storages.RDBStorage,
-        launcher: LocalLauncher,
+        launchers: Mapping[str, Launcher],
         *,
-        docker: DockerLauncher | None = None,
         interval_s: float,
         stop_timeout_s: float,
         grace_s: float,
+        data_dir: Path,
+        outage_s: float = 300.0,
     ) -> None:
-        self._engine = engine
         self._sessions = session_factory
         self._storage = storage
-        self._launcher = launcher
-        launcher.on_exit = self.wake  # a worker's exit is reconciled at once
-        self._docker = docker
-        self._orphan_hosts: set[str] | None = None  # None: not adopted yet
+        self._launchers = dict(launchers)
+        for launcher in self._launchers.values():
+            launcher.on_exit = self.wake  # a worker's exit is reconciled at once
         self._interval_s = interval_s
         self._stop_timeout_s = stop_timeout_s
-        self._grace_s = grace_s
+        self._data_dir = data_dir
+        self._outage_s = outage_s
+        self._stale = StaleTrials(engine, grace_s)
+        self._adopted = False
+        self._strays_left = set(self._launchers)  # launchers whose strays are not removed yet
+        self._held: dict[int, _Held] = {}
+        self._unrecorded: dict[int, WorkerHandle] = {}  # started, handle not committed yet
+        self._kill_at: dict[int, float] = {}  # signalled to stop: when to SIGKILL
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -114,226 +161,361 @@ class Supervisor:
             self._wake.wait(self._interval_s)
             self._wake.clear()
 
-    def _launcher_of(self, worker: WorkerRow) -> Launcher:
-        if worker.launcher == "docker":
-            if self._docker is None:
-                raise RuntimeError(
-                    f"worker {worker.id} runs in Docker, but HELIOS_HPO_DOCKER_HOSTS is empty"
-                )
-            return self._docker
-        return self._launcher
-
-    def _adopt(self, session: Session) -> None:
-        """After a (re)start: running workers hold their GPUs again (once), and containers
-        of no running worker are removed (until every Docker host was reached)."""
-        running = session.scalars(
-            select(WorkerRow).where(WorkerRow.state == WorkerState.RUNNING)
-        ).all()
-        if self._orphan_hosts is None:
-            for worker in running:
-                if worker.launcher == "docker" and self._docker is None:
-                    continue  # no Docker hosts configured: nothing to lease from
-                self._launcher_of(worker).scheduler.restore(_lease(worker))
-            self._orphan_hosts = set(self._docker.hosts) if self._docker is not None else set()
-        if self._docker is not None and self._orphan_hosts:
-            containers = {w.id for w in running if w.launcher == "docker"}
-            self._orphan_hosts = self._docker.remove_orphans(containers, self._orphan_hosts)
-
     def tick(self) -> None:
-        """One reconciliation pass over every study with live workers or a running status."""
-        if self._orphan_hosts is None or self._orphan_hosts:
-            with session_scope(self._sessions) as session:
-                self._adopt(session)
+        """One pass: every study that needs it, each in its own unit of work."""
+        if not self._adopted:
+            self._adopt()
+            self._adopted = True
+        for row_id, name in self._due():
+            try:
+                self._reconcile(row_id)
+            except Exception:
+                log.exception("supervising study %s failed; trying again next tick", name)
+        self._let_go()
+        if self._strays_left:
+            self._remove_strays()
+
+    # -- after a (re)start -----------------------------------------------------
+    def _adopt(self) -> None:
+        """Remove half-created studies; live workers hold their GPUs again, once."""
         with session_scope(self._sessions) as session:
-            live = select(WorkerRow.study_id).where(WorkerRow.state == WorkerState.RUNNING)
-            rows = session.scalars(
-                select(StudyRow).where(
-                    (StudyRow.status == StudyStatus.RUNNING) | StudyRow.id.in_(live)
-                )
+            remove_unfinished(session, self._storage)
+        with session_scope(self._sessions) as session:
+            for worker in session.scalars(
+                select(WorkerRow).where(WorkerRow.state.in_(LIVE_STATES))
+            ):
+                launcher = self._launchers.get(worker.launcher)
+                if launcher is None:
+                    continue  # its study's tick says why
+                launcher.scheduler.hold(worker.id, Lease.parse(worker.host, worker.gpus))
+                if worker.ref is not None:
+                    self._held[worker.id] = _Held(launcher, worker.ref, Path(worker.log_path))
+
+    def _remove_strays(self) -> None:
+        """End workers of this service that no live row knows (on every host, once)."""
+        with session_scope(self._sessions) as session:
+            live = session.execute(
+                select(WorkerRow.launcher, WorkerRow.ref).where(WorkerRow.state.in_(LIVE_STATES))
             ).all()
-            for row in rows:
-                self._reconcile(session, row)
+        for name in list(self._strays_left):
+            refs = [ref for launcher, ref in live if launcher == name]
+            if None in refs:
+                continue  # a worker whose handle is not recorded yet would look stray
+            try:
+                if self._launchers[name].remove_strays({ref for ref in refs if ref}):
+                    self._strays_left.discard(name)
+            except Exception as exc:
+                log.warning("cannot remove stray %s workers yet: %s", name, exc)
 
-    def _reconcile(self, session: Session, row: StudyRow) -> None:
-        self._reap(row)
-        spec = StudySpec.model_validate(row.spec)
-        study_id = trials.optuna_study_id(session, row.name)
-        if study_id is None:
-            self._end(row, StudyStatus.FAILED, "its Optuna study was deleted outside the service")
-        elif row.status == StudyStatus.RUNNING:
-            self._check_running(session, row, spec, study_id)
-        running = [w for w in row.workers if w.state == WorkerState.RUNNING]
-        if row.status in (StudyStatus.STOPPED, StudyStatus.FAILED):
-            # Release the database before waiting on processes that write to it.
-            session.commit()
-            for worker in running:
-                self._stop_worker(worker)
-            if study_id is not None:  # through Optuna's connection, after our commit
-                after_commit(session, functools.partial(self._fail_running_trials, row.name))
-        elif row.status == StudyStatus.RUNNING and study_id is not None:
-            if not running:  # no worker to notice its stale trials: do it here, after our commit
-                after_commit(session, functools.partial(self._fail_stale_trials, row.name))
-            self._start_missing(session, row, spec, study_id, len(running))
-        # A finished study's workers find the budget spent and exit by themselves.
+    # -- one study -------------------------------------------------------------
+    def _due(self) -> list[tuple[int, str]]:
+        """Studies that run, have live workers, or have RUNNING trials while not running."""
+        live = select(WorkerRow.study_id).where(WorkerRow.state.in_(LIVE_STATES))
+        with session_scope(self._sessions) as session:
+            rows = session.execute(
+                select(StudyRow.id, StudyRow.name)
+                .where(
+                    or_(
+                        StudyRow.status == StudyStatus.RUNNING,
+                        StudyRow.id.in_(live),
+                        and_(
+                            StudyRow.status != StudyStatus.CREATING,
+                            StudyRow.name.in_(optuna_tables.running_trials_names_query()),
+                        ),
+                    )
+                )
+                .order_by(StudyRow.id)
+            ).all()
+        return [(row_id, name) for row_id, name in rows]
 
-    def _reap(self, row: StudyRow) -> None:
-        for worker in row.workers:
-            if worker.state != WorkerState.RUNNING or worker.pid is None:
+    def _reconcile(self, row_id: int) -> None:
+        seen = self._look(row_id)
+        plan = self._decide(row_id, seen)
+        if plan is not None:
+            self._act(plan)
+
+    def _launcher(self, name: str) -> Launcher:
+        launcher = self._launchers.get(name)
+        if launcher is None:
+            raise RuntimeError(
+                f"its workers use the {name} launcher, which this service does not run "
+                f"(it runs: {', '.join(sorted(self._launchers))}; known: "
+                f"{', '.join(registered())})"
+            )
+        return launcher
+
+    def _look(self, row_id: int) -> _Seen:
+        with session_scope(self._sessions) as session:
+            workers = session.execute(
+                select(WorkerRow.id, WorkerRow.launcher, WorkerRow.ref, StudyRow.name)
+                .join(StudyRow, StudyRow.id == WorkerRow.study_id)
+                .where(WorkerRow.study_id == row_id, WorkerRow.state.in_(LIVE_STATES))
+            ).all()
+        seen = _Seen()
+        for worker_id, name, ref, study in workers:
+            launcher = self._launcher(name)
+            if ref is None:  # started by a service that stopped before recording it?
+                handle = self._unrecorded.get(worker_id)
+                seen.found[worker_id] = handle or launcher.find(study, worker_id)
                 continue
             try:
-                code = self._launcher_of(worker).exit_code(
-                    worker.id, worker.pid, worker.pid_start_time
-                )
+                code = launcher.exit_code(ref)
             except Exception as exc:  # e.g. its Docker host is unreachable: ask again later
-                log.warning("cannot tell whether worker %s runs: %s", worker.id, exc)
+                log.warning("cannot tell whether worker %s runs: %s", worker_id, exc)
                 continue
-            if code is None:
-                continue
-            worker.exit_code = code
-            if code == 0:
-                worker.state = WorkerState.EXITED
-            elif code == LOST:  # not our child: its exit status cannot be read
-                worker.state = WorkerState.LOST
+            if code is not None:
+                seen.exits[worker_id] = code
+        return seen
+
+    def _decide(self, row_id: int, seen: _Seen) -> _Plan | None:
+        with session_scope(self._sessions) as session:
+            # Locked on PostgreSQL; on SQLite the row's version check refuses a stale write.
+            row = session.scalar(select(StudyRow).where(StudyRow.id == row_id).with_for_update())
+            if row is None:
+                return None
+            for worker in row.workers:
+                if worker.id in seen.found:
+                    self._found(worker, seen.found[worker.id])
+                elif worker.id in seen.exits:
+                    self._reap(session, worker, seen.exits[worker.id])
+            optuna_id = optuna_tables.optuna_study_id(session, row.name)
+            plan = _Plan(row.name, row.id, optuna_id)
+            spec = row.study_spec
+            now = _now()
+            if optuna_id is None:
+                if row.status in (StudyStatus.RUNNING, StudyStatus.PAUSED):
+                    self._end(
+                        row,
+                        StudyStatus.FAILED,
+                        "its Optuna study was deleted or renamed outside the service",
+                    )
+            elif row.status == StudyStatus.RUNNING:
+                self._judge(session, row, spec, optuna_id, now)
+            live = [w for w in row.workers if w.live]
+            if row.status in (StudyStatus.STOPPED, StudyStatus.FAILED):
+                plan.stops = [
+                    (w.id, self._launcher(w.launcher), w.ref) for w in live if w.ref is not None
+                ]
+                plan.fail_running = not live and optuna_id is not None
             else:
-                worker.state = WorkerState.FAILED
-            worker.ended_at = dt.datetime.now(dt.UTC)
-            self._ended(worker)
-            log.info("worker %s of %s exited with %s", worker.id, row.name, code)
+                plan.sweep = not live and optuna_id is not None
+                if row.status == StudyStatus.RUNNING and optuna_id is not None:
+                    plan.starts = self._new_workers(session, row, spec, optuna_id, live, now)
+            return plan
 
-    def _check_running(
-        self, session: Session, row: StudyRow, spec: StudySpec, study_id: int
-    ) -> None:
-        counts = trials.trial_counts(session, study_id)
-        done = counts["COMPLETE"] + counts["PRUNED"]
-        if done >= spec.n_trials:
-            self._end(row, StudyStatus.FINISHED, f"{done} of {spec.n_trials} trials finished")
-        elif (
-            spec.max_failed_trials is not None
-            and (failed := trials.unretried_failures(session, study_id)) > spec.max_failed_trials
-        ):
-            self._end(
-                row,
-                StudyStatus.FAILED,
-                f"{failed} trials failed without a retry left "
-                f"(max_failed_trials={spec.max_failed_trials}); see the worker logs",
-            )
-        elif spec.timeout_s is not None and seconds_since(row.created_at) >= spec.timeout_s:
-            self._end(row, StudyStatus.FINISHED, f"timeout of {spec.timeout_s} s reached")
+    def _found(self, worker: WorkerRow, handle: WorkerHandle | None) -> None:
+        if handle is None:
+            worker.end(WorkerState.LOST, None)
+            log.warning("worker %s was never started (its service stopped first)", worker.id)
         else:
-            streak = _crash_streak(row.workers)
-            if len(streak) > spec.max_restarts:
-                tail = "\n".join(log_tail(streak[0].log_path, 20))
-                self._end(
-                    row,
-                    StudyStatus.FAILED,
-                    f"{len(streak)} workers in a row failed before finishing a trial "
-                    f"(max_restarts={spec.max_restarts}); last worker's log:\n{tail}",
-                )
+            self._record(worker, handle)
 
-    def _start_missing(
-        self, session: Session, row: StudyRow, spec: StudySpec, study_id: int, running: int
-    ) -> None:
-        missing = spec.workers.count - running
-        if missing <= 0:
-            return  # nothing to start: no need to read the budget or the trials every tick
-        if trials.budget_used(session, study_id) >= spec.n_trials:
-            return  # the running workers finish the last trials
-        streak = _crash_streak(row.workers)
-        if streak and streak[0].ended_at is not None:
-            wait_s = restart_backoff_s(len(streak))
-            if seconds_since(streak[0].ended_at) < wait_s:
-                return  # back off before restarting a crashing worker
-        if spec.workers.launcher == "local":
-            launcher: Launcher = self._launcher
-            if not trials.any_started(session, study_id):
-                # One worker until the study's first trial starts: workers starting together
-                # on one host share its cores, and the first trial would wait for all of them.
-                missing = min(missing, 1 - running)
-        elif self._docker is not None:
-            launcher = self._docker
-        else:
-            self._end(
-                row,
-                StudyStatus.FAILED,
-                "workers.launcher is docker, but HELIOS_HPO_DOCKER_HOSTS is empty on this service",
-            )
-            return
-        for _ in range(missing):
-            if not self._start_worker(session, row, spec, launcher):
-                return
-
-    def _start_worker(
-        self, session: Session, row: StudyRow, spec: StudySpec, launcher: Launcher
-    ) -> bool:
-        """Start one worker; False when the study must wait or the start failed."""
-        lease = launcher.scheduler.lease(spec.workers.gpus_per_worker)
-        if lease is None:
-            log.info("study %s waits for %s free GPUs", row.name, spec.workers.gpus_per_worker)
-            return False
-        worker = WorkerRow(
-            study_id=row.id,
-            launcher=launcher.name,
-            host=lease.host,
-            log_path="",
-            gpus=",".join(map(str, lease.gpus)),
-        )
-        row.workers.append(worker)
-        session.flush()
-        try:
-            handle = launcher.start(row.name, worker.id, lease, spec.workers.image)
-        except Exception as exc:
-            # Counted like a crash: restarts back off, max_restarts fails the study.
-            launcher.scheduler.release(lease)
-            path = worker_log_path(self._launcher.data_dir, row.name, worker.id)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(f"could not start a {launcher.name} worker on {lease.host}: {exc}\n")
-            worker.state, worker.exit_code, worker.log_path = WorkerState.FAILED, -1, str(path)
-            worker.ended_at = dt.datetime.now(dt.UTC)
-            session.commit()
-            log.warning("worker %s of %s did not start: %s", worker.id, row.name, exc)
-            return False
-        worker.pid, worker.pid_start_time = handle.pid, handle.pid_start_time
+    def _record(self, worker: WorkerRow, handle: WorkerHandle) -> None:
+        worker.ref, worker.pid, worker.host = handle.ref, handle.pid, handle.host
         worker.log_path = str(handle.log_path)
-        # Committed at once: a worker that exists must have its row.
-        session.commit()
-        log.info(
-            "started worker %s (pid %s) on %s for %s", worker.id, handle.pid, lease.host, row.name
+        worker.state = WorkerState.RUNNING
+        self._held[worker.id] = _Held(self._launcher(worker.launcher), handle.ref, handle.log_path)
+
+    def _reap(self, session: Session, worker: WorkerRow, code: int) -> None:
+        if code == LOST:  # not our child: its status is what it recorded, if anything
+            session.refresh(worker, ["exit_code"])
+            code = 0 if worker.exit_code == 0 else LOST
+        if worker.id in self._kill_at:
+            state = WorkerState.STOPPED
+        elif code == 0:
+            state = WorkerState.EXITED
+        elif code == LOST:
+            state = WorkerState.LOST
+        else:
+            state = WorkerState.FAILED
+        worker.end(state, None if code == LOST else code)
+        log.info("worker %s of %s exited with %s", worker.id, worker.study.name, code)
+
+    def _judge(
+        self, session: Session, row: StudyRow, spec: StudySpec, optuna_id: int, now: dt.datetime
+    ) -> None:
+        counts = optuna_tables.trial_counts(session, optuna_id)
+        limit = spec.max_failed_trials
+        failures = (
+            optuna_tables.unretried_failures(session, optuna_id)
+            if limit is not None and counts["FAIL"] > limit
+            else 0
         )
-        return True
+        streak = lifecycle.crash_streak(row.workers, row.resumed_at)
+        unreachable_for = None
+        if streak and all(w.exit_code == UNREACHABLE for w in streak):
+            unreachable_for = (now - streak[-1].started_at).total_seconds()
+        verdict = lifecycle.verdict(
+            spec,
+            counts,
+            unretried_failures=failures,
+            crashes=len(streak),
+            created_at=row.created_at,
+            now=now,
+            unreachable_for=unreachable_for,
+            outage_s=self._outage_s,
+        )
+        if verdict is None:
+            return
+        reason = verdict.reason
+        if verdict.cause == "crashes":
+            reason += "; last worker's log:\n" + "\n".join(self._last_lines(streak[0], 20))
+        self._end(row, StudyStatus(verdict.status), reason)
 
-    def _ended(self, worker: WorkerRow) -> None:
-        """Drop an ended worker from its launcher; its GPUs are free again."""
-        launcher = self._launcher_of(worker)
-        launcher.forget(worker.id)
-        launcher.scheduler.release(_lease(worker))
+    def _last_lines(self, worker: WorkerRow, lines: int) -> list[str]:
+        """An ended worker's last log lines: through its launcher while it keeps them (a
+        container not removed yet), else from its file."""
+        launcher = self._launchers.get(worker.launcher)
+        if launcher is not None and worker.ref is not None:
+            with contextlib.suppress(Exception):  # unreachable: the file may have them
+                kept = launcher.log_lines(worker.ref)
+                if kept is not None:
+                    return kept[-lines:]
+        return log_tail(worker.log_path, lines)
 
-    def _stop_worker(self, worker: WorkerRow) -> None:
-        if worker.pid is not None:
-            launcher = self._launcher_of(worker)
-            launcher.stop(worker.id, worker.pid, worker.pid_start_time, self._stop_timeout_s)
-            worker.exit_code = launcher.exit_code(worker.id, worker.pid, worker.pid_start_time)
-            self._ended(worker)
-        worker.state = WorkerState.STOPPED
-        worker.ended_at = dt.datetime.now(dt.UTC)
-
-    def _fail_stale_trials(self, name: str) -> None:
-        """Fail trials whose worker died; the storage's callback queues their retries."""
-        study = optuna.load_study(study_name=name, storage=self._storage)
-        sweep_stale_trials(self._engine, self._sessions, self._storage, study, self._grace_s)
-
-    def _fail_running_trials(self, name: str) -> None:
-        storage = self._storage
-        study_id = storage.get_study_id_from_name(name)
-        for trial in storage.get_all_trials(
-            study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
-        ):
-            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-            with contextlib.suppress(RuntimeError):  # it finished in the meantime
-                storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+    def _new_workers(
+        self,
+        session: Session,
+        row: StudyRow,
+        spec: StudySpec,
+        optuna_id: int,
+        live: list[WorkerRow],
+        now: dt.datetime,
+    ) -> list[tuple[Launcher, WorkerLaunch]]:
+        """Commit the rows of the workers to start (GPUs leased to them); started later."""
+        if spec.workers.count <= len(live):
+            return []  # nothing to start: no need to read the budget or the trials every tick
+        launcher = self._launchers.get(spec.workers.launcher)
+        if launcher is None:
+            self._end(
+                row,
+                StudyStatus.FAILED,
+                f"workers.launcher is {spec.workers.launcher}, which this service does not run",
+            )
+            return []
+        count = lifecycle.workers_to_start(
+            spec,
+            live=len(live),
+            budget_used=optuna_tables.budget_used(session, optuna_id),
+            first_trial_started=optuna_tables.any_started(session, optuna_id),
+            start_one_first=launcher.start_one_first,
+            streak=lifecycle.crash_streak(row.workers, row.resumed_at),
+            now=now,
+        )
+        starts = []
+        for _ in range(count):
+            worker = WorkerRow(launcher=launcher.name, host="", log_path="")
+            row.workers.append(worker)
+            session.flush()  # its id owns the lease
+            lease = launcher.scheduler.lease(worker.id, spec.workers.gpus_per_worker)
+            if lease is None:
+                row.workers.remove(worker)  # deleted at the commit; nothing holds its id
+                log.info("study %s waits for %s free GPUs", row.name, spec.workers.gpus_per_worker)
+                break
+            worker.host, worker.gpus = lease.host, lease.gpu_list()
+            worker.log_path = str(worker_log_path(self._data_dir, row.name, worker.id))
+            starts.append((launcher, WorkerLaunch(row.name, worker.id, lease, spec.workers.image)))
+        return starts
 
     @staticmethod
     def _end(row: StudyRow, status: StudyStatus, reason: str) -> None:
-        row.status = status
-        row.status_reason = reason
-        row.finished_at = dt.datetime.now(dt.UTC)
+        row.set_status(status, reason)
         log.info("study %s %s: %s", row.name, status, reason)
+
+    # -- after the commit -------------------------------------------------------
+    def _act(self, plan: _Plan) -> None:
+        """Each action on its own: one that fails is logged, and done again next tick."""
+        actions: list[tuple[str, Callable[[], object]]] = []
+        for launcher, launch in plan.starts:
+            start = functools.partial(self._start, launcher, launch)
+            actions.append((f"starting worker {launch.worker_id}", start))
+        for worker_id, launcher, ref in plan.stops:
+            stop = functools.partial(self._stop, worker_id, launcher, ref)
+            actions.append((f"stopping worker {worker_id}", stop))
+        optuna_id = plan.optuna_id
+        if optuna_id is not None and plan.fail_running:
+            actions.append(
+                ("failing its trials", functools.partial(self._fail_running_trials, optuna_id))
+            )
+        if optuna_id is not None and plan.sweep:
+            actions.append(
+                ("failing stale trials", functools.partial(self._sweep, plan, optuna_id))
+            )
+        for what, action in actions:
+            try:
+                action()
+            except Exception:
+                log.exception("study %s: %s failed; trying again next tick", plan.name, what)
+
+    def _sweep(self, plan: _Plan, optuna_id: int) -> None:
+        study = optuna.load_study(study_name=plan.name, storage=self._storage)
+        self._stale.sweep(study, self._storage, plan.row_id, optuna_id)
+
+    def _start(self, launcher: Launcher, launch: WorkerLaunch) -> None:
+        worker_id = launch.worker_id
+        try:
+            handle = launcher.start(launch)
+        except Exception as exc:
+            # Counted like a crash: restarts back off, max_restarts fails the study (an
+            # unreachable host only once it stays so for launcher_outage_s).
+            log.warning("worker %s of %s did not start: %s", worker_id, launch.study, exc)
+            path = worker_log_path(self._data_dir, launch.study, worker_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(
+                f"could not start a {launcher.name} worker on {launch.lease.host}: {exc}\n"
+            )
+            code = UNREACHABLE if isinstance(exc, LauncherUnavailable) else -1
+            with session_scope(self._sessions) as session:
+                worker = session.get(WorkerRow, worker_id)
+                if worker is not None:
+                    worker.end(WorkerState.FAILED, code)
+            return
+        self._unrecorded[worker_id] = handle  # until its row says it runs
+        with session_scope(self._sessions) as session:
+            worker = session.get(WorkerRow, worker_id)
+            if worker is not None:
+                self._record(worker, handle)
+        del self._unrecorded[worker_id]
+        log.info(
+            "started worker %s (%s) on %s for %s", worker_id, handle.ref, handle.host, launch.study
+        )
+
+    def _stop(self, worker_id: int, launcher: Launcher, ref: str) -> None:
+        """SIGTERM now; SIGKILL once the stop timeout passed. Never waits."""
+        kill_at = self._kill_at.get(worker_id)
+        if kill_at is None:
+            launcher.stop(ref)
+            self._kill_at[worker_id] = time.monotonic() + self._stop_timeout_s
+        elif time.monotonic() >= kill_at:
+            launcher.kill(ref)
+
+    def _fail_running_trials(self, optuna_id: int) -> None:
+        """A stopped or failed study's trials that no worker is left to end: FAIL, no retry."""
+        storage = self._storage
+        for trial in storage.get_all_trials(
+            optuna_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
+        ):
+            trial_id = storage.get_trial_id_from_study_id_trial_number(optuna_id, trial.number)
+            try:
+                storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # it finished in the meantime
+
+    def _let_go(self) -> None:
+        """Workers whose rows say they ended: free their GPUs and what their launcher kept."""
+        with session_scope(self._sessions) as session:
+            live = set(
+                session.scalars(select(WorkerRow.id).where(WorkerRow.state.in_(LIVE_STATES)))
+            )
+        for launcher in self._launchers.values():
+            for owner in launcher.scheduler.owners() - live:
+                launcher.scheduler.release(owner)
+        for worker_id in set(self._held) - live:
+            held = self._held[worker_id]
+            try:
+                held.launcher.forget(held.ref, held.log_path)
+            except Exception as exc:  # e.g. its host is unreachable: again next tick
+                log.warning("cannot clean up after worker %s yet: %s", worker_id, exc)
+                continue
+            del self._held[worker_id]
+            self._kill_at.pop(worker_id, None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
@@ -58,6 +59,8 @@ class Task:
             its keys are the parameters the task accepts.
         build: ``(params, task_args) -> TaskRun``; imports torch lazily. It gets
             every parameter: the trial's, and the defaults of the rest.
+        task_arg_ranges: ``name -> (low, high)``, the inclusive bounds of numeric
+            ``task_args`` (None: unbounded on that side); a spec outside them is refused.
     """
 
     name: str
@@ -68,6 +71,32 @@ class Task:
     default_task_args: Mapping[str, Any]
     default_params: Mapping[str, Any]
     build: Callable[[dict[str, Any], dict[str, Any]], TaskRun]
+    task_arg_ranges: Mapping[str, tuple[float | None, float | None]] = dataclasses.field(
+        default_factory=dict
+    )
+
+    def task_arg_error(self, name: str, value: Any) -> str | None:
+        """Why ``value`` cannot be task argument ``name``, or None when it can."""
+        if name not in self.default_task_args:
+            accepted = sorted(self.default_task_args)
+            return f"unknown argument for task {self.name!r}; accepted: {accepted}"
+        default = self.default_task_args[name]
+        if not _same_kind(value, default):
+            return f"must be {type(default).__name__}, got {value!r}"
+        low, high = self.task_arg_ranges.get(name, (None, None))
+        if low is not None and value < low:
+            return f"must be >= {low}, got {value!r}"
+        if high is not None and value > high:
+            return f"must be <= {high}, got {value!r}"
+        return None
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, int | float) and math.isfinite(value)
+    return isinstance(value, type(default))
 
 
 class UnknownTaskError(KeyError):
@@ -154,6 +183,7 @@ DIGITS = register_task(
             "batch_size": {"type": "categorical", "choices": [16, 32, 64, 128]},
         },
         default_task_args={"epochs": 10, "valid_fraction": 0.2},
+        task_arg_ranges={"epochs": (1, 100_000), "valid_fraction": (0.05, 0.95)},
         default_params={
             "lr": 0.01,
             "hidden": 128,
@@ -169,7 +199,12 @@ DIGITS = register_task(
 def _build_synthetic(params: dict[str, Any], task_args: dict[str, Any]) -> TaskRun:
     from service._builtin_tasks import SyntheticData, SyntheticModel
 
-    model = SyntheticModel(params, sleep_s=task_args["sleep_s"], exit_code=task_args["exit_code"])
+    model = SyntheticModel(
+        params,
+        sleep_s=task_args["sleep_s"],
+        exit_code=task_args["exit_code"],
+        fail=task_args["fail"],
+    )
     data = SyntheticData(batches=task_args["batches_per_epoch"])
     # A model without state has nothing to resume: no checkpoints.
     return TaskRun(
@@ -189,8 +224,21 @@ SYNTHETIC = register_task(
             "x": {"type": "float", "low": -10.0, "high": 10.0},
             "y": {"type": "int", "low": -10, "high": 10},
         },
-        # exit_code != 0 makes the worker process die in the first batch (crash tests).
-        default_task_args={"epochs": 10, "batches_per_epoch": 1, "sleep_s": 0.0, "exit_code": 0},
+        # exit_code != 0 makes the worker process die in the first batch (crash tests);
+        # fail raises an error there (the trial fails, the worker lives).
+        default_task_args={
+            "epochs": 10,
+            "batches_per_epoch": 1,
+            "sleep_s": 0.0,
+            "exit_code": 0,
+            "fail": False,
+        },
+        task_arg_ranges={
+            "epochs": (1, 100_000),
+            "batches_per_epoch": (1, 100_000),
+            "sleep_s": (0.0, 3600.0),
+            "exit_code": (0, 255),
+        },
         default_params={"x": 0.0, "y": 0},
         build=_build_synthetic,
     )

@@ -24,22 +24,31 @@ from typing import Any, NamedTuple
 from sqlalchemy import and_, bindparam, select
 from sqlalchemy.engine import Connection, Engine, Row
 
-from service.trials import TRIAL_STATES, trial_values, trials
+from service.optuna_tables import TRIAL_STATES, optuna_trial_values, optuna_trials
 
 __all__ = ["REBUILD_S", "Best", "TrialStats", "trial_stats"]
 
 REBUILD_S = 30.0
 _FINISHED = frozenset({"COMPLETE", "PRUNED", "FAIL"})
 
-_ROWS = select(trials.c.trial_id, trials.c.number, trials.c.state, trial_values.c.value).outerjoin(
-    trial_values,
-    and_(trial_values.c.trial_id == trials.c.trial_id, trial_values.c.objective == 0),
+_ROWS = select(
+    optuna_trials.c.trial_id,
+    optuna_trials.c.number,
+    optuna_trials.c.state,
+    optuna_trial_values.c.value,
+).outerjoin(
+    optuna_trial_values,
+    and_(
+        optuna_trial_values.c.trial_id == optuna_trials.c.trial_id,
+        optuna_trial_values.c.objective == 0,
+    ),
 )
 # From the last trial seen on (it is read again to check it is still there).
 _FROM = _ROWS.where(
-    trials.c.study_id == bindparam("study_id"), trials.c.trial_id >= bindparam("first")
-).order_by(trials.c.trial_id)
-_BY_ID = _ROWS.where(trials.c.trial_id.in_(bindparam("ids", expanding=True)))
+    optuna_trials.c.study_id == bindparam("study_id"),
+    optuna_trials.c.trial_id >= bindparam("first"),
+).order_by(optuna_trials.c.trial_id)
+_BY_ID = _ROWS.where(optuna_trials.c.trial_id.in_(bindparam("ids", expanding=True)))
 
 
 class Best(NamedTuple):
@@ -76,23 +85,23 @@ _caches: weakref.WeakKeyDictionary[Engine, dict[tuple[int, str | None], _Snapsho
 _lock = threading.Lock()
 
 
-def trial_stats(conn: Connection, study_id: int, direction: str | None) -> TrialStats:
-    """Counts and best trial of Optuna study ``study_id``, as of ``conn``'s transaction.
+def trial_stats(conn: Connection, optuna_id: int, direction: str | None) -> TrialStats:
+    """Counts and best trial of Optuna study ``optuna_id``, as of ``conn``'s transaction.
 
     Args:
         conn: the connection whose transaction the request reads in.
-        study_id: Optuna's id of the study.
+        optuna_id: Optuna's id of the study.
         direction: ``"minimize"`` or ``"maximize"``; None for several objectives.
     """
     with _lock:
         cache = _caches.setdefault(conn.engine, {})
-    key = (study_id, direction)
+    key = (optuna_id, direction)
     old = cache.get(key, _EMPTY)
     if time.monotonic() - old.built_at > REBUILD_S:
         old = _EMPTY
-    advanced = _advance(conn, study_id, direction, old)
+    advanced = _advance(conn, optuna_id, direction, old)
     if advanced is None:  # a check failed: count again from every trial
-        advanced = _advance(conn, study_id, direction, _EMPTY)
+        advanced = _advance(conn, optuna_id, direction, _EMPTY)
         assert advanced is not None  # noqa: S101 (from nothing, nothing is checked)
     snapshot, unfinished = advanced
     cache[key] = snapshot
@@ -103,7 +112,7 @@ def trial_stats(conn: Connection, study_id: int, direction: str | None) -> Trial
 
 
 def _advance(
-    conn: Connection, study_id: int, direction: str | None, old: _Snapshot
+    conn: Connection, optuna_id: int, direction: str | None, old: _Snapshot
 ) -> tuple[_Snapshot, Counter[str]] | None:
     """``old`` moved on to the trials created or finished since, and the unfinished per state.
 
@@ -111,7 +120,7 @@ def _advance(
     a trial it saw unfinished is gone, or the new trials' numbers are not contiguous.
     """
     rows: Sequence[Row[Any, Any, Any, Any]] = conn.execute(
-        _FROM, {"study_id": study_id, "first": old.last_id}
+        _FROM, {"study_id": optuna_id, "first": old.last_id}
     ).all()
     if old.seen:
         if not rows or (rows[0].trial_id, rows[0].number) != (old.last_id, old.last_number):

@@ -19,69 +19,47 @@ import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import optuna
-import sqlalchemy.exc
-from sqlalchemy import func, select, update
+from optuna.trial import TrialState
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import trials
+from service import optuna_tables
 from service.db import (
+    DB_ERRORS,
     WORKER_POOL,
     make_engine,
     make_session_factory,
     normalize_url,
     optuna_storage,
     session_scope,
-    study_lock,
+    with_db_retries,
 )
-from service.models import StudyRow, StudyStatus, WorkerRow, WorkerState, seconds_since
-from service.schemas import StudySpec
+from service.models import WorkerRow
+from service.outcome import Outcome, Recorder, fail_study_now
+from service.reservation import OptunaStudyGone, Reservation, Reservations, Stop
+from service.schemas import StudySpec, UnreadableSpecError
 from service.settings import Settings
 from service.space import build_pruner, build_sampler
-from service.studies import get_study, sweep_stale_trials
+from service.stale import StaleTrials
+from service.studies import get_study
 from service.tasks import Task, get_task
+
+if TYPE_CHECKING:
+    from helios import Trainer
 
 __all__ = [
     "WorkerStopped",
     "run_worker",
     "trial_checkpoint_dir",
     "trial_seed",
-    "with_db_retries",
 ]
 
 log = logging.getLogger("helios_hpo.worker")
-_current_trial: contextvars.ContextVar[int | None] = contextvars.ContextVar("trial", default=None)
-
-
-# What a database outage looks like from SQLAlchemy and Optuna.
-_DB_ERRORS = (
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    optuna.exceptions.StorageInternalError,
-)
 T = TypeVar("T")
-
-
-def with_db_retries(what: str, action: Callable[[], T], give_up_after_s: float) -> T:
-    """Run ``action``, retrying with backoff (0.5 s to 8 s) while the database is away."""
-    delay = 0.5
-    give_up = time.monotonic() + give_up_after_s
-    while True:
-        try:
-            return action()
-        except _DB_ERRORS as exc:
-            if time.monotonic() + delay > give_up:
-                raise
-            log.warning(
-                "database unavailable while %s (%s); retrying in %.1f s",
-                what,
-                type(exc).__name__,
-                delay,
-            )
-            time.sleep(delay)
-            delay = min(delay * 2, 8.0)
+_current_trial: contextvars.ContextVar[int | None] = contextvars.ContextVar("trial", default=None)
 
 
 class WorkerStopped(BaseException):
@@ -128,13 +106,22 @@ def _configure_logging(worker_id: int) -> None:
 class _Heartbeat:
     """One thread for the worker's life: records the running trial's heartbeat every interval.
 
-    A trial's first beat comes within one interval of its start (the stale sweep
-    allows for that). Uses Optuna's public storage API.
+    A trial's first beat is sent as it is reserved (``Reservations``); this thread sends
+    the next ones. Uses Optuna's public storage API.
     """
 
-    def __init__(self, storage: optuna.storages.RDBStorage, interval_s: float) -> None:
+    def __init__(
+        self,
+        storage: optuna.storages.RDBStorage,
+        interval_s: float,
+        training: Callable[[], bool],
+        on_training: Callable[[], None],
+    ) -> None:
         self._storage, self._interval_s = storage, interval_s
+        # Once per trial, at the first beat after it trained a batch: the worker works.
+        self._training, self._on_training = training, on_training
         self._trial: tuple[int, int] | None = None  # (trial id, number)
+        self._told: int | None = None  # the trial id on_training was called for
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
         self._thread.start()
@@ -159,13 +146,18 @@ class _Heartbeat:
             token = _current_trial.set(trial[1])  # the log line names the trial
             try:
                 self._storage.record_heartbeat(trial[0])
-            except Exception:
-                log.warning("heartbeat failed; retrying", exc_info=True)
+                if self._told != trial[0] and self._training():
+                    self._told = trial[0]
+                    self._on_training()
+            except Exception as exc:  # the database is down, or the trial was deleted
+                log.warning("heartbeat failed (%s: %s); retrying", type(exc).__name__, exc)
             finally:
                 _current_trial.reset(token)
 
 
 class _Worker:
+    """One worker's study: reserves trials, trains them, records how each ended."""
+
     def __init__(self, study_name: str, worker_id: int, settings: Settings) -> None:
         self.name, self.worker_id, self.settings = study_name, worker_id, settings
         self.trials_run = 0
@@ -174,16 +166,15 @@ class _Worker:
         with session_scope(self.sessions) as session:
             row = get_study(session, study_name)
             self.row_id = row.id
-            self.spec = StudySpec.model_validate(row.spec)
+            stored = row.spec
+        self.spec = StudySpec.from_stored(stored)
         # Trials failed here or found stale are queued again with the same parameters.
-        self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(
-            max_retry=self.spec.max_retries
-        )
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.spec.max_retries)
         self.storage = optuna_storage(
             settings.database_url,
             heartbeat_interval=settings.heartbeat_interval_s,
             grace_period=settings.heartbeat_grace_s,
-            stale_trial_callback=self.retry,
+            stale_trial_callback=retry,
             pool=WORKER_POOL,
         )
         self.study = optuna.load_study(
@@ -193,7 +184,23 @@ class _Worker:
             pruner=build_pruner(self.spec.pruner),
         )
         self.optuna_id = self.storage.get_study_id_from_name(study_name)
-        self.heartbeat = _Heartbeat(self.storage, settings.heartbeat_interval_s)
+        ids = {"study_row_id": self.row_id, "optuna_id": self.optuna_id}
+        self.reservations = Reservations(
+            self.engine, self.storage, self.study, worker_id=worker_id, **ids
+        )
+        self.recorder = Recorder(
+            self.engine,
+            self.storage,
+            self.study,
+            retry=retry,
+            db_retry_s=settings.db_retry_s,
+            **ids,
+        )
+        self.stale = StaleTrials(self.engine, settings.heartbeat_grace_s)
+        self.trainer: Trainer | None = None  # the trial's, while it trains
+        self.heartbeat = _Heartbeat(
+            self.storage, settings.heartbeat_interval_s, self._training, self._trained
+        )
         self.task: Task = get_task(self.spec.task)
         self.metrics = [o.metric for o in self.spec.objectives or []]
         self.space = {
@@ -201,137 +208,101 @@ class _Worker:
             for name, param in (self.spec.search_space or {}).items()
         }
 
-    def reserve(self) -> optuna.Trial | None:
-        """A new trial while the study runs and its budget has room, else None.
-
-        The study's status, n_trials and timeout are read live: pause, stop and
-        PATCH take effect at the next trial.
-        """
-        with study_lock(self.engine, self.row_id):
-            with self.engine.begin() as conn:  # Core, not the ORM: this runs once per trial
-                if self.trials_run:
-                    conn.execute(
-                        update(WorkerRow)
-                        .where(WorkerRow.id == self.worker_id)
-                        .values(trials_run=self.trials_run)
-                    )
-                older = (
-                    select(func.count())
-                    .select_from(WorkerRow)
-                    .where(
-                        WorkerRow.study_id == self.row_id,
-                        WorkerRow.state == WorkerState.RUNNING,
-                        WorkerRow.id < self.worker_id,
-                    )
-                    .scalar_subquery()
+    def record_clean_exit(self) -> None:
+        """Record exit code 0 in this worker's row, as it is about to exit cleanly."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(WorkerRow).where(WorkerRow.id == self.worker_id).values(exit_code=0)
                 )
-                # One round trip: the live spec, status and budget used.
-                found = conn.execute(
-                    select(
-                        StudyRow.status,
-                        StudyRow.spec,
-                        StudyRow.created_at,
-                        trials.budget_used_query(self.optuna_id).scalar_subquery(),
-                        older,
-                    ).where(StudyRow.id == self.row_id)
-                ).one_or_none()
-            if found is None:
-                log.info("study was deleted; stopping")
-                return None
-            status, raw_spec, created_at, used, older_workers = found
-            spec = StudySpec.model_validate(raw_spec)
-            # Budget first: the supervisor may already have marked a spent study finished.
-            if used >= spec.n_trials:
-                log.info("budget of %s trials spent; exiting", spec.n_trials)
-                return None
-            if status != StudyStatus.RUNNING:
-                log.info("study is %s; stopping", status)
-                return None
-            if older_workers >= spec.workers.count:
-                log.info("workers.count is %s and older workers run; retiring", spec.workers.count)
-                return None
-            if spec.timeout_s is not None and seconds_since(created_at) >= spec.timeout_s:
-                log.info("study timeout of %s s reached; stopping", spec.timeout_s)
-                return None
-            return self.study.ask()
+        except DB_ERRORS as exc:  # the service then records the worker lost
+            log.warning("could not record the clean exit: %s", type(exc).__name__)
+
+    def _training(self) -> bool:
+        """Whether the running trial trained a batch (a resumed one: since it resumed)."""
+        trainer = self.trainer
+        if trainer is None:
+            return False
+        start = trainer.resumed_from.global_iteration if trainer.resumed_from else 0
+        return trainer.state.global_iteration > start
+
+    def _trained(self) -> None:
+        """Count a trial that trains: this worker did not crash at start."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(WorkerRow)
+                .where(WorkerRow.id == self.worker_id)
+                .values(trials_trained=WorkerRow.trials_trained + 1)
+            )
 
     def _db(self, what: str, action: Callable[[], T]) -> T:
         return with_db_retries(what, action, self.settings.db_retry_s)
 
     def run(self) -> None:
+        """Run trials until the study stops, or its Optuna study is gone (deleted or
+        renamed with another tool): then exit cleanly, and the service fails the study."""
+        try:
+            self._run()
+        except (OptunaStudyGone, KeyError) as exc:  # Optuna: KeyError("Record does not exist.")
+            if isinstance(exc, KeyError) and not self._db("checking the study", self._optuna_gone):
+                raise
+            log.warning(
+                "the study's Optuna study was deleted or renamed outside the service; exiting"
+            )
+
+    def _run(self) -> None:
         stale_checked = -math.inf
         while True:
             # Trials of dead workers: checked at most once per heartbeat interval.
             if time.monotonic() - stale_checked >= self.settings.heartbeat_interval_s:
                 self._db(
                     "failing stale trials",
-                    lambda: sweep_stale_trials(
-                        self.engine,
-                        self.sessions,
-                        self.storage,
-                        self.study,
-                        self.settings.heartbeat_grace_s,
-                    ),
+                    lambda: self.stale.sweep(self.study, self.storage, self.row_id, self.optuna_id),
                 )
                 stale_checked = time.monotonic()
-            trial = self._db("reserving a trial", self.reserve)
-            if trial is None:
+            slot = self._db("reserving a trial", lambda: self.reservations.reserve(self.trials_run))
+            if isinstance(slot, Stop):
+                log.info("%s; exiting", slot.reason)
                 return
-            token = _current_trial.set(trial.number)
+            token = _current_trial.set(slot.number)
             try:
-                self.run_trial(trial)
+                self.run_trial(slot)
             finally:
                 _current_trial.reset(token)
                 self.trials_run += 1
 
-    def run_trial(self, trial: optuna.Trial) -> None:
-        def lookup() -> tuple[int, list[int]]:
-            with self.engine.connect() as conn:
-                return trials.reserved_trial(conn, self.optuna_id, trial.number)
-
-        trial_id, history = self._db("reading the trial", lookup)
-        # A retry continues the checkpoints of the first trial of its series.
-        origin = history[0] if history else trial.number
-        if history:
-            log.info("trial started: retry %d of trial %d", len(history), origin)
+    def run_trial(self, slot: Reservation) -> None:
+        """Train the trial while its heartbeat runs, then record how it ended, once."""
+        if slot.retries:
+            log.info("trial started: retry %d of trial %d", slot.retries, slot.origin)
         else:
             log.info("trial started")
-        with self.heartbeat.beating(trial_id, trial.number):
-            try:
-                values = self._train(trial, origin)
-            except optuna.TrialPruned as exc:
-                log.info("trial pruned: %s", exc)
-                self._tell(trial, state=optuna.trial.TrialState.PRUNED)
-            except WorkerStopped:
-                log.warning("worker stopped during the trial; marking it FAIL for a retry")
-                self._fail(trial, trial_id)
-                raise
-            except Exception:
-                log.exception("trial failed")
-                self._fail(trial, trial_id)
-            else:
-                log.info("trial complete: %s", values)
-                self._tell(trial, values=values)
+        with self.heartbeat.beating(slot.trial_id, slot.number):
+            outcome = self._outcome(slot)
+        self.recorder.record(slot, outcome)
+        if outcome.stopped:
+            raise WorkerStopped("stopped during a trial")
 
-    def _fail(self, trial: optuna.Trial, trial_id: int) -> None:
-        """FAIL the trial and queue a retry with the same parameters (up to max_retries)."""
-        # Under the study lock: no reservation may take the freed slot before the retry.
-        with contextlib.ExitStack() as locked:
-            self._db(
-                "taking the study's lock",
-                lambda: locked.enter_context(study_lock(self.engine, self.row_id)),
-            )
-            if self._tell(trial, state=optuna.trial.TrialState.FAIL):
-                frozen = self._db("reading the trial", lambda: self.storage.get_trial(trial_id))
-                self._db("queueing a retry", lambda: self.retry(self.study, frozen))
-
-    def _tell(self, trial: optuna.Trial, **kwargs: Any) -> bool:
+    def _outcome(self, slot: Reservation) -> Outcome:
         try:
-            self._db("recording the result", lambda: self.study.tell(trial, **kwargs))
-        except (RuntimeError, ValueError) as exc:  # e.g. already failed as stale
-            log.warning("could not record the trial's result: %s", exc)
-            return False
-        return True
+            values = self._train(slot.trial, slot.origin)
+        except optuna.TrialPruned as exc:
+            log.info("trial pruned: %s", exc)
+            return Outcome(TrialState.PRUNED)
+        except WorkerStopped:
+            log.warning("worker stopped during the trial; marking it FAIL")
+            return Outcome(TrialState.FAIL, stopped=True)
+        except Exception:
+            if self._db("checking the study", self._optuna_gone):
+                raise OptunaStudyGone from None
+            log.exception("trial failed")
+            return Outcome(TrialState.FAIL)
+        log.info("trial complete: %s", values)
+        return Outcome(TrialState.COMPLETE, values)
+
+    def _optuna_gone(self) -> bool:
+        with self.engine.connect() as conn:
+            return not conn.scalar(select(optuna_tables.study_exists_query(self.optuna_id)))
 
     def _train(self, trial: optuna.Trial, origin: int) -> list[float]:
         import torch
@@ -357,16 +328,27 @@ class _Worker:
             enable_progress_bar=False,
             plugins=plugins,
         )
-        trainer.fit(run.model, run.datamodule)
-        if trainer.resumed_from:  # a retry that continued from a checkpoint says so
-            start = trainer.resumed_from.global_epoch
-            trial.set_user_attr("resumed_from_epoch", start)
-            trial.set_user_attr("epochs_trained", trainer.state.global_epoch - start)
-        plugin.check_pruned()
+        self.trainer = trainer
+        try:
+            trainer.fit(run.model, run.datamodule)  # raises optuna.TrialPruned when pruned
+        except optuna.TrialPruned:
+            _note_resume(trial, trainer)
+            raise
+        finally:
+            self.trainer = None
+        _note_resume(trial, trainer)
         missing = [m for m in self.metrics if m not in run.model.metrics]
         if missing:
             raise KeyError(f"the model produced no {missing}; metrics: {sorted(run.model.metrics)}")
         return [float(run.model.metrics[m]) for m in self.metrics]
+
+
+def _note_resume(trial: optuna.Trial, trainer: Trainer) -> None:
+    """A retry that continued from a checkpoint says so."""
+    if trainer.resumed_from:
+        start = trainer.resumed_from.epochs_completed
+        trial.set_user_attr("resumed_from_epoch", start)
+        trial.set_user_attr("epochs_trained", trainer.state.epochs_completed - start)
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
@@ -410,9 +392,38 @@ def run_worker(study_name: str, worker_id: int, settings: Settings) -> int:
         )
         try:
             worker.run()
+        except WorkerStopped:
+            log.info("stopped by SIGTERM")
+        except UnreadableSpecError as exc:  # its spec changed since it started
+            _refuse(settings, study_name, exc)
         finally:
             worker.heartbeat.close()
+        # A service that did not start this process cannot read its exit status: say it.
+        worker.record_clean_exit()
     except WorkerStopped:
         log.info("stopped by SIGTERM")
-        return 0
+    except UnreadableSpecError as exc:
+        _refuse(settings, study_name, exc)
+    finally:
+        # Exiting: a stop that comes now must not raise inside the interpreter's shutdown.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return 0
+
+
+def _refuse(settings: Settings, study_name: str, error: UnreadableSpecError) -> None:
+    """Fail a study whose stored spec this worker cannot run: every worker of this version
+    would refuse it, so restarting it would only loop."""
+    reason = (
+        f"a worker cannot run the study's spec ({error}); its version is older than the "
+        "service's: run workers of the service's version (workers.image)"
+    )
+    log.error("%s", reason)
+    engine = make_engine(settings.database_url, WORKER_POOL)
+    try:
+        with_db_retries(
+            "failing the study",
+            lambda: fail_study_now(engine, study_name, reason),
+            settings.db_retry_s,
+        )
+    finally:
+        engine.dispose()

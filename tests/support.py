@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from service.client import follow_study
 
 
 def free_port() -> int:
@@ -49,6 +53,19 @@ def wait_for(
         time.sleep(interval_s)
 
 
+def wait_until_ended(
+    client: Any, name: str, timeout_s: float, explain: Callable[[], str] | None = None
+) -> dict[str, Any]:
+    """Poll study ``name`` through ``client`` (an httpx client of the service) until it
+    leaves ``running``; its summary. ``explain`` adds to the error when it does not."""
+    try:
+        return follow_study(
+            lambda: client.get(f"/studies/{name}").json(), interval_s=0.25, timeout_s=timeout_s
+        )
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\n{explain() if explain else ''}") from None
+
+
 def debian_tool(command: str, package: str) -> str:
     """The path of ``command``, installing Debian's ``package`` when it is missing (as root)."""
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -62,3 +79,37 @@ def debian_tool(command: str, package: str) -> str:
     if path is None:
         pytest.fail(f"this test needs Debian's {package}: sudo apt-get install {package}")
     return path
+
+
+@contextlib.contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """Serve an ASGI ``app`` over real HTTP on a free loopback port; yields its URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="test-server", daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, 30, "the test server to start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, prelude: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """`helios-hpo ARGS` as a user runs it, with no HELIOS_HPO_ variable but those in ``env``;
+    ``prelude`` is Python code run in the same process first."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HELIOS_HPO_")}
+    main = "import sys; from service.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run(
+        [sys.executable, "-c", f"{prelude}\n{main}", *args],
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

@@ -7,6 +7,7 @@ that module is imported (it needs optuna).
 from helios.plugins.plugin import (
     PLUGIN_REGISTRY,
     CUDAPlugin,
+    DuplicatePluginError,
     Plugin,
     PluginConflictError,
     UniquePluginOverrides,
@@ -18,6 +19,7 @@ from helios.plugins.plugin import (
 __all__ = [
     "PLUGIN_REGISTRY",
     "CUDAPlugin",
+    "DuplicatePluginError",
     "Plugin",
     "PluginConflictError",
     "UniquePluginOverrides",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PLUGIN_REGISTRY",
     "CUDAPlugin",
+    "DuplicatePluginError",
     "Plugin",
     "PluginConflictError",
     "UniquePluginOverrides",
@@ -45,7 +46,17 @@ class UniquePluginOverrides:
 
 
 class PluginConflictError(ValueError):
-    """Two plug-ins claim the same override, or one misses a claim it needs."""
+    """Two plug-ins claim the same override, or the same id in one trainer."""
+
+
+class DuplicatePluginError(PluginConflictError, KeyError):
+    """A trainer already holds another plug-in under this plug-in's id.
+
+    A ``KeyError``, as helios-ml raises, and a ``PluginConflictError``.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 PLUGIN_REGISTRY: Registry[Plugin] = Registry("plugin")
@@ -61,25 +72,31 @@ class Plugin(abc.ABC):
 
     Every hook is a documented no-op; the trainer calls a plug-in's hook before
     the model's hook of the same name. A plug-in's ``process_*_batch`` runs
-    only when it claims that override in ``unique_overrides``, and its
-    ``should_training_stop`` is asked (once per validation cycle) only when it
-    claims ``should_training_stop``.
+    only when it claims that override in ``unique_overrides``; no two plug-ins
+    of a trainer may claim the same override. ``should_training_stop`` is asked
+    of every plug-in after each training batch and after each validation cycle.
 
-    Subclasses register themselves in ``PLUGIN_REGISTRY`` under their class name.
+    ``is_distributed``, ``map_loc``, ``device``, ``rank`` and ``trainer`` are
+    assigned by the trainer to each of its plug-ins when training or testing
+    starts (and read from the trainer once the plug-in is registered in one).
+
+    Register a plug-in class with ``@PLUGIN_REGISTRY.register`` (or
+    ``@PLUGIN_REGISTRY``, or ``PLUGIN_REGISTRY.register(cls)``) to create it by
+    name with ``create_plugin``.
 
     Args:
-        plug_id: the key under which the trainer's ``plugins`` table holds it.
+        plug_id: the key under which the trainer's ``plugins`` table holds it
+            (default: the class name).
     """
 
-    def __init__(self, plug_id: str) -> None:
-        self._plug_id = plug_id
+    def __init__(self, plug_id: str | None = None) -> None:
+        self._plug_id = plug_id if plug_id is not None else type(self).__name__
         self._overrides = UniquePluginOverrides()
         self._trainer: Trainer | None = None
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if not _has_abstract_methods(cls):
-            PLUGIN_REGISTRY.register(cls)
+        self._is_distributed: bool | None = None
+        self._map_loc: str | dict[str, str] | None = None
+        self._device: torch.device | None = None
+        self._rank: int | None = None
 
     @property
     def plug_id(self) -> str:
@@ -93,48 +110,77 @@ class Plugin(abc.ABC):
 
     @property
     def trainer(self) -> Trainer:
-        """The trainer this plug-in is attached to."""
+        """The trainer this plug-in is registered in."""
         if self._trainer is None:
-            raise RuntimeError(f"plug-in {self._plug_id!r} is not attached to a trainer yet")
+            raise RuntimeError(
+                f"plug-in {self._plug_id!r} is in no trainer yet: call "
+                "configure_trainer(trainer) or pass it in Trainer(plugins=[...])"
+            )
         return self._trainer
+
+    @trainer.setter
+    def trainer(self, trainer: Trainer) -> None:
+        self._trainer = trainer
 
     @property
     def is_distributed(self) -> bool:
         """Whether the trainer runs distributed data parallel."""
-        return self.trainer.is_distributed
+        if self._is_distributed is None:
+            return self._trainer.is_distributed if self._trainer is not None else False
+        return self._is_distributed
+
+    @is_distributed.setter
+    def is_distributed(self, value: bool) -> None:
+        self._is_distributed = value
 
     @property
     def device(self) -> torch.device:
         """The device the trainer trains on."""
-        return self.trainer.device
+        if self._device is None:
+            return self.trainer.device
+        return self._device
+
+    @device.setter
+    def device(self, device: torch.device) -> None:
+        self._device = device
 
     @property
     def rank(self) -> int:
-        """The global rank of this process (0 when not distributed)."""
-        return self.trainer.rank
+        """The local rank (the device index on this host) of this process; 0 alone."""
+        if self._rank is None:
+            return self._trainer.local_rank if self._trainer is not None else 0
+        return self._rank
+
+    @rank.setter
+    def rank(self, rank: int) -> None:
+        self._rank = rank
 
     @property
     def map_loc(self) -> str | dict[str, str]:
         """The ``map_location`` for loading checkpoints on this process."""
-        return self.trainer.map_loc
+        if self._map_loc is None:
+            return self._trainer.map_loc if self._trainer is not None else ""
+        return self._map_loc
+
+    @map_loc.setter
+    def map_loc(self, map_loc: str | dict[str, str]) -> None:
+        self._map_loc = map_loc
 
     def configure_trainer(self, trainer: Trainer) -> None:
-        """Attach to ``trainer`` and enter its ``plugins`` table under ``plug_id``."""
-        other = trainer.plugins.get(self._plug_id)
-        if other is not None and other is not self:
-            raise PluginConflictError(
-                f"the trainer already has a plug-in with id {self._plug_id!r} "
-                f"({type(other).__name__}); give {type(self).__name__} another id"
-            )
-        self._trainer = trainer
-        trainer.plugins[self._plug_id] = self
+        """Register in ``trainer``'s ``plugins`` table under ``plug_id``.
+
+        Override it to adjust the trainer too (e.g. its expected exceptions),
+        registering with ``super().configure_trainer(trainer)`` or
+        ``self._register_in_trainer(trainer)``.
+        """
+        self._register_in_trainer(trainer)
 
     def configure_model(self, model: Model) -> None:
         """Adjust the model before training or testing starts."""
 
     @abc.abstractmethod
     def setup(self) -> None:
-        """Prepare the plug-in; called once per fit or test, before the model's setup."""
+        """Prepare the plug-in; called once per fit or test, before the data and the model."""
 
     def on_training_start(self) -> None:
         """Called when training starts."""
@@ -157,7 +203,10 @@ class Plugin(abc.ABC):
         """Called when a validation cycle ends, before the model's hook."""
 
     def should_training_stop(self) -> bool:
-        """Asked after each validation cycle (after the model's ``on_validation_end``)."""
+        """Asked after each training batch and each validation cycle; True ends training.
+
+        Under torchrun every rank must give the same answer.
+        """
         return False
 
     def on_testing_start(self) -> None:
@@ -175,48 +224,65 @@ class Plugin(abc.ABC):
         return {}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore state from a checkpoint; raise to refuse an incompatible one."""
+        """Restore state from a checkpoint; raise to refuse an incompatible one.
+
+        Called only when the checkpoint holds this plug-in's id, after the model's.
+        """
+
+    def _register_in_trainer(self, trainer: Trainer) -> None:
+        """Enter ``trainer.plugins`` under ``plug_id``.
+
+        Raises:
+            DuplicatePluginError: another plug-in holds that id (a ``KeyError``).
+        """
+        other = trainer.plugins.get(self._plug_id)
+        if other is not None and other is not self:
+            raise DuplicatePluginError(
+                f"the trainer already has plug-in {self._plug_id!r} ({type(other).__name__}); "
+                f"give {type(self).__name__} another plug_id"
+            )
+        trainer.plugins[self._plug_id] = self
+        self._trainer = trainer
+
+    def _append_train_exceptions(
+        self, exc: type[Exception] | Sequence[type[Exception]], trainer: Trainer
+    ) -> None:
+        """Add exception types to ``trainer.train_exceptions``."""
+        _extend_unique(trainer.train_exceptions, exc)
+
+    def _append_test_exceptions(
+        self, exc: type[Exception] | Sequence[type[Exception]], trainer: Trainer
+    ) -> None:
+        """Add exception types to ``trainer.test_exceptions``."""
+        _extend_unique(trainer.test_exceptions, exc)
 
 
-# override flag -> the method a plug-in must claim that flag to have called
-_CLAIMED_METHODS = {
-    "training_batch": "process_training_batch",
-    "validation_batch": "process_validation_batch",
-    "testing_batch": "process_testing_batch",
-    "should_training_stop": "should_training_stop",
-}
+def _extend_unique(
+    known: list[type[BaseException]], exc: type[Exception] | Sequence[type[Exception]]
+) -> None:
+    for item in [exc] if isinstance(exc, type) else exc:
+        if item not in known:
+            known.append(item)
 
 
 def check_unique_overrides(plugins: Iterable[Plugin]) -> None:
-    """Refuse two plug-ins claiming one override, and unclaimed overridden methods.
+    """Refuse two plug-ins claiming one override.
 
     Raises:
         PluginConflictError: naming the plug-ins and the override.
     """
     owners: dict[str, Plugin] = {}
     for plugin in plugins:
-        claims = plugin.unique_overrides
-        for flag, method in _CLAIMED_METHODS.items():
-            if getattr(claims, flag):
-                owner = owners.setdefault(flag, plugin)
-                if owner is not plugin:
-                    raise PluginConflictError(
-                        f"plug-ins {owner.plug_id!r} ({type(owner).__name__}) and "
-                        f"{plugin.plug_id!r} ({type(plugin).__name__}) both claim the "
-                        f"{flag!r} override; remove one of them from the trainer"
-                    )
-            elif getattr(type(plugin), method) is not getattr(Plugin, method):
+        for field in dataclasses.fields(UniquePluginOverrides):
+            if not getattr(plugin.unique_overrides, field.name):
+                continue
+            owner = owners.setdefault(field.name, plugin)
+            if owner is not plugin:
                 raise PluginConflictError(
-                    f"plug-in {plugin.plug_id!r} ({type(plugin).__name__}) overrides "
-                    f"{method}() but does not claim unique_overrides.{flag}; set it to "
-                    "True in __init__ or the trainer never calls it"
+                    f"plug-ins {owner.plug_id!r} ({type(owner).__name__}) and "
+                    f"{plugin.plug_id!r} ({type(plugin).__name__}) both claim the "
+                    f"{field.name!r} override; remove one of them from the trainer"
                 )
-
-
-def _has_abstract_methods(cls: type) -> bool:
-    return any(
-        getattr(getattr(cls, name, None), "__isabstractmethod__", False) for name in dir(cls)
-    )
 
 
 def move_to_device(batch: Any, device: torch.device) -> Any:
@@ -248,33 +314,31 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+@PLUGIN_REGISTRY.register
 class CUDAPlugin(Plugin):
-    """Moves training, validation and testing batches to the trainer's CUDA device.
+    """Moves training, validation and testing batches to the trainer's device.
 
-    Override ``_move_collection_to_device`` to handle batch types of your own.
+    Tensors in lists, tuples and dicts move as with helios-ml; so do named
+    tuples, dataclasses and any nesting of them, and tensors in pinned memory
+    are copied without blocking. Override ``_move_collection_to_device`` to
+    handle batch types of your own.
+
+    Raises:
+        RuntimeError: when created where CUDA is not available.
     """
 
     plugin_id = "cuda"
 
     def __init__(self) -> None:
-        super().__init__(self.plugin_id)
-        self.unique_overrides.training_batch = True
-        self.unique_overrides.validation_batch = True
-        self.unique_overrides.testing_batch = True
-
-    def configure_trainer(self, trainer: Trainer) -> None:
-        """Check the trainer runs on CUDA and register under ``"cuda"``."""
         if not torch.cuda.is_available():
             raise RuntimeError(
                 "CUDAPlugin needs a CUDA device, but torch.cuda.is_available() is False; "
                 "remove the plug-in to train on the CPU, or run on a GPU host"
             )
-        if trainer.device.type != "cuda":
-            raise RuntimeError(
-                f"CUDAPlugin needs a trainer on a CUDA device, this one is on {trainer.device}; "
-                "create the Trainer with device='cuda' (the default when CUDA is available)"
-            )
-        super().configure_trainer(trainer)
+        super().__init__(self.plugin_id)
+        self.unique_overrides.training_batch = True
+        self.unique_overrides.validation_batch = True
+        self.unique_overrides.testing_batch = True
 
     def setup(self) -> None:
         """Nothing to prepare."""

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
 
 from anyio import to_thread
 from fastapi import FastAPI
@@ -13,9 +12,8 @@ from service.api.errors import COMMON_ERRORS, install_error_handlers
 from service.api.routes import studies, tasks, workers
 from service.api.security import ApiGuard
 from service.db import make_engine, make_session_factory, optuna_storage
-from service.launchers.docker import docker_launcher
-from service.launchers.local import LocalLauncher
-from service.settings import DockerHost, Settings, get_settings
+from service.launchers import Launcher, from_settings
+from service.settings import Settings, get_settings
 from service.studies import retry_failed_trial
 from service.supervisor import Supervisor
 
@@ -26,14 +24,15 @@ def create_app(
     settings: Settings | None = None,
     *,
     supervise: bool = True,
-    docker_clients: Callable[[DockerHost], Any] | None = None,
+    launchers: Mapping[str, Launcher] | None = None,
 ) -> FastAPI:
     """Build the API.
 
     Args:
         settings: the service's settings (default: from the environment).
         supervise: start workers; False serves without (tests, read replicas).
-        docker_clients: builds a Docker host's client (default: the Docker SDK's).
+        launchers: the launchers workers start through (default: those the settings
+            enable, see ``service.launchers.from_settings``).
     """
     settings = settings or get_settings()
 
@@ -52,24 +51,18 @@ def create_app(
             stale_trial_callback=retry_failed_trial(app.state.sessions),
         )
         app.state.supervisor = None
-        app.state.docker = (
-            docker_launcher(settings, docker_clients) if settings.docker_hosts else None
-        )
+        app.state.launchers = dict(launchers if launchers is not None else from_settings(settings))
         if supervise:
             app.state.supervisor = Supervisor(
                 engine,
                 app.state.sessions,
                 app.state.storage,
-                LocalLauncher(
-                    settings.database_url,
-                    settings.data_dir.resolve(),
-                    settings.gpus,
-                    settings.workers_per_gpu,
-                ),
-                docker=app.state.docker,
+                app.state.launchers,
                 interval_s=settings.supervisor_interval_s,
                 stop_timeout_s=settings.worker_stop_timeout_s,
                 grace_s=settings.heartbeat_grace_s,
+                data_dir=settings.data_dir.resolve(),
+                outage_s=settings.launcher_outage_s,
             )
             app.state.supervisor.start()
         try:

@@ -6,15 +6,17 @@ from collections.abc import Callable
 from typing import Annotated, Concatenate, ParamSpec, TypeVar
 
 import optuna
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from service.db import after_commit, session_scope
+from service.launchers import Launcher
+from service.schemas import NAME_PATTERN
 from service.settings import Settings
 from service.supervisor import Supervisor
 
-__all__ = ["Database", "DatabaseDep", "SettingsDep", "StorageDep"]
+__all__ = ["Database", "DatabaseDep", "LaunchersDep", "SettingsDep", "StorageDep", "StudyName"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -59,6 +61,11 @@ async def _settings(request: Request) -> Settings:
     return settings
 
 
+async def _launchers(request: Request) -> dict[str, Launcher]:
+    launchers: dict[str, Launcher] = request.app.state.launchers
+    return launchers
+
+
 async def _storage(request: Request) -> optuna.storages.BaseStorage:
     storage: optuna.storages.BaseStorage = request.app.state.storage
     return storage
@@ -67,4 +74,7 @@ async def _storage(request: Request) -> optuna.storages.BaseStorage:
 # The dependencies are async: FastAPI would run sync ones in the thread pool.
 DatabaseDep = Annotated[Database, Depends(_database)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
+LaunchersDep = Annotated[dict[str, Launcher], Depends(_launchers)]
 StorageDep = Annotated[optuna.storages.BaseStorage, Depends(_storage)]
+# A name no study can have (a NUL byte, a slash) is refused before it reaches the database.
+StudyName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=64)]

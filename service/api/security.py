@@ -1,9 +1,10 @@
-"""Bearer tokens and the request-size limit, in front of the API and the dashboard.
+"""Bearer tokens, the request-size limit and JSON bodies, in front of the API and the dashboard.
 
 A token is ``read`` (GET, HEAD, OPTIONS) or ``write`` (everything). With no
 token configured the service is open; ``serve`` then refuses to listen beyond
 loopback unless told ``--insecure``. Tokens are compared in constant time and
-never logged.
+never logged: headers are not logged, and ``ScrubFilter`` blanks credential-like
+query parameters in the access log.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 import base64
 import hmac
 import json
+import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["READ_METHODS", "ApiGuard", "guard_wsgi", "role_of"]
+__all__ = ["READ_METHODS", "ApiGuard", "ScrubFilter", "guard_wsgi", "role_of", "scrub_query"]
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 OPEN_PATHS = frozenset({"/healthz"})
@@ -65,7 +68,8 @@ def _body(status: int, code: str, detail: str) -> bytes:
 
 
 class ApiGuard:
-    """ASGI middleware: token check (when tokens are configured) and body-size limit."""
+    """ASGI middleware: token check (when tokens are configured), body-size limit, and
+    bodies sent as JSON (415 otherwise)."""
 
     def __init__(self, app: Any, tokens: Mapping[str, str], max_body_bytes: int) -> None:
         self.app, self.tokens, self.max_body_bytes = app, dict(tokens), max_body_bytes
@@ -103,6 +107,12 @@ class ApiGuard:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
+        if body and not _is_json(media_type):
+            sent = f"'{media_type}'" if media_type else "no Content-Type"
+            detail = f"send the body as JSON with 'Content-Type: application/json' (got {sent})"
+            await _send_error(send, 415, "unsupported_media_type", detail, [])
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -116,6 +126,12 @@ class ApiGuard:
 
     def _too_large(self) -> str:
         return f"the request body is over {self.max_body_bytes} bytes"
+
+
+def _is_json(media_type: str) -> bool:
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
 
 
 async def _send_error(
@@ -134,6 +150,29 @@ async def _send_error(
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+# Query parameters whose values are credentials: never written to a log.
+_SECRET_PARAMS = re.compile(
+    r"([?&](?:[^=&]*(?:token|api[_-]?key|apikey|secret|password|passwd|auth)[^=&]*)=)[^&#\s]*",
+    re.IGNORECASE,
+)
+
+
+def scrub_query(text: str) -> str:
+    """``text`` with the values of credential-like query parameters replaced by ``***``."""
+    return _SECRET_PARAMS.sub(r"\1***", text)
+
+
+class ScrubFilter(logging.Filter):
+    """Scrubs credentials from query strings in log records (uvicorn's access log among them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(scrub_query(a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = scrub_query(record.msg)
+        return True
 
 
 def guard_wsgi(app: Any, tokens: Mapping[str, str]) -> Any:

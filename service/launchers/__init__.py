@@ -1,6 +1,39 @@
-"""How worker processes are started: ``local`` (subprocess) for now."""
+"""Launchers: how workers are started (local processes, Docker containers, ...).
 
-from service.launchers.base import Launcher, WorkerHandle
-from service.launchers.local import LocalLauncher, process_start_time
+Each launcher module registers a factory under the name a spec's
+``workers.launcher`` gives; ``from_settings`` builds those the settings enable.
+"""
 
-__all__ = ["Launcher", "LocalLauncher", "WorkerHandle", "process_start_time"]
+from service.launchers import docker, local  # noqa: F401 (they register themselves)
+from service.launchers.base import (
+    LOST,
+    UNREACHABLE,
+    Launcher,
+    LauncherUnavailable,
+    UnknownLauncherError,
+    WorkerHandle,
+    WorkerLaunch,
+    from_settings,
+    launcher_errors,
+    register,
+    registered,
+    worker_log_path,
+)
+from service.launchers.gpus import GpuScheduler, Lease
+
+__all__ = [
+    "LOST",
+    "UNREACHABLE",
+    "GpuScheduler",
+    "Launcher",
+    "LauncherUnavailable",
+    "Lease",
+    "UnknownLauncherError",
+    "WorkerHandle",
+    "WorkerLaunch",
+    "from_settings",
+    "launcher_errors",
+    "register",
+    "registered",
+    "worker_log_path",
+]

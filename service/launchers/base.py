@@ -1,52 +1,217 @@
-"""What the supervisor needs from a launcher."""
+"""The launcher protocol, and the registry that builds launchers from settings.
+
+A launcher starts workers somewhere (local processes, containers, cluster jobs),
+tells whether they still run, stops them and finds them again after a restart.
+The supervisor, the API and the spec check know launchers only through this
+protocol; a launcher module registers a factory under the name a spec's
+``workers.launcher`` gives.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from service.launchers.gpus import GpuScheduler, Lease
 
-__all__ = ["LOST", "Launcher", "WorkerHandle"]
+if TYPE_CHECKING:
+    from service.schemas import WorkersSpec
+    from service.settings import Settings
+
+__all__ = [
+    "LOST",
+    "UNREACHABLE",
+    "LauncherUnavailable",
+    "Launcher",
+    "LauncherFactory",
+    "UnknownLauncherError",
+    "WorkerHandle",
+    "WorkerLaunch",
+    "from_settings",
+    "gpu_errors",
+    "instance_label",
+    "launcher_errors",
+    "register",
+    "registered",
+    "worker_log_path",
+]
 
 # The exit code a launcher reports for a worker whose exit status it cannot read.
 LOST = -255
+# The exit code recorded for a worker that could not start: its host was unreachable.
+UNREACHABLE = -2
+
+
+class LauncherUnavailable(Exception):
+    """A launcher cannot reach the host it would start a worker on (an outage, not a
+    crash: the study fails only once it lasts ``launcher_outage_s``)."""
+
+
+def instance_label(database_url: str) -> str:
+    """Tells this service's workers from those of a service on another database."""
+    return hashlib.sha256(database_url.encode()).hexdigest()[:16]
+
+
+def worker_log_path(data_dir: Path, study: str, worker_id: int) -> Path:
+    """Where worker ``worker_id`` of ``study`` logs (on the service's side)."""
+    return data_dir / "studies" / study / "workers" / f"worker-{worker_id}.log"
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerLaunch:
+    """One worker to start: its study, its id (its row's), its GPUs and, for containers,
+    its image (None: the launcher's default)."""
+
+    study: str
+    worker_id: int
+    lease: Lease
+    image: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class WorkerHandle:
-    """Where a started worker runs."""
+    """A started worker. ``ref`` finds it again, across service restarts too; only its
+    launcher reads it. ``pid`` is for people (``ps``, ``kill``), where there is one."""
 
+    ref: str
     host: str
-    pid: int
-    pid_start_time: float | None
     log_path: Path
+    pid: int | None = None
 
 
 class Launcher(Protocol):
-    """Starts workers on the GPUs its scheduler leases, watches and stops them."""
+    """Starts workers on the GPUs its scheduler leases, watches and stops them.
+
+    Every method may raise when what it talks to is unreachable (a Docker host, a
+    cluster's controller); the supervisor then asks again at its next tick.
+    """
 
     name: str
     scheduler: GpuScheduler
+    # Whether a study starts one worker until its first trial runs: its workers share
+    # one host's cores, and starting together they would hold the first trial back.
+    start_one_first: bool
     # Called, from any thread, when a worker this launcher started ends.
     on_exit: Callable[[], None] | None
 
-    def start(self, study: str, worker_id: int, lease: Lease, image: str | None) -> WorkerHandle:
-        """Start worker ``worker_id`` of ``study`` on ``lease`` (``image``: containers only)."""
+    def spec_errors(self, workers: WorkersSpec) -> list[tuple[str, str]]:
+        """Why these workers cannot run here: (field, reason) pairs, none when they can."""
         ...
 
-    def exit_code(self, worker_id: int, pid: int, pid_start_time: float | None) -> int | None:
-        """The exit code; None while it runs, negative for a signal, LOST when unknown."""
+    def start(self, launch: WorkerLaunch) -> WorkerHandle:
+        """Start a worker; it runs ``helios-hpo worker --study S --worker-id N``."""
         ...
 
-    def stop(
-        self, worker_id: int, pid: int, pid_start_time: float | None, timeout_s: float
-    ) -> None:
-        """Ask the worker to stop (SIGTERM), and kill it after ``timeout_s``."""
+    def find(self, study: str, worker_id: int) -> WorkerHandle | None:
+        """A worker that was started but whose handle was never recorded, or None."""
         ...
 
-    def forget(self, worker_id: int) -> None:
-        """Drop what is kept about an ended worker."""
+    def exit_code(self, ref: str) -> int | None:
+        """None while it runs; its exit code (negative: a signal) or LOST once it ended."""
         ...
+
+    def stop(self, ref: str) -> None:
+        """Ask it to stop (SIGTERM: it fails its trial and exits); returns at once."""
+        ...
+
+    def kill(self, ref: str) -> None:
+        """End it now (SIGKILL)."""
+        ...
+
+    def log_lines(self, ref: str) -> list[str] | None:
+        """A running worker's log, when the launcher reads it (a container's); None: the
+        log is its file."""
+        ...
+
+    def forget(self, ref: str, log_path: Path) -> None:
+        """An ended worker: keep its log at ``log_path`` and free what it still holds."""
+        ...
+
+    def remove_strays(self, known: Collection[str]) -> bool:
+        """End workers of this service that no live row knows (refs not in ``known``).
+
+        Returns whether every host was reached (False: call again later).
+        """
+        ...
+
+
+def gpu_errors(
+    workers: WorkersSpec, scheduler: GpuScheduler, where: str, setting: str
+) -> list[tuple[str, str]]:
+    """The error of a spec asking more GPUs per worker than any host of ``scheduler`` has
+    (``where``: those hosts, in words; ``setting``: where the operator gives them)."""
+    available = scheduler.capacity()
+    if workers.gpus_per_worker <= available:
+        return []
+    return [
+        (
+            "workers.gpus_per_worker",
+            f"{workers.gpus_per_worker} GPUs per worker asked, {where} has {available} "
+            f"(set {setting})",
+        )
+    ]
+
+
+LauncherFactory = Callable[["Settings"], Launcher | None]
+F = TypeVar("F", bound=LauncherFactory)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    factory: LauncherFactory
+    enable: str  # what an operator sets to enable it
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+class UnknownLauncherError(KeyError):
+    """No launcher of that name is registered."""
+
+    def __str__(self) -> str:
+        return f"unknown launcher {self.args[0]!r}; launchers: {', '.join(sorted(_REGISTRY))}"
+
+
+def register(name: str, *, enable: str) -> Callable[[F], F]:
+    """Register a launcher factory under ``name``: ``factory(settings)`` returns the
+    launcher, or None when the settings do not enable it (``enable`` says how to)."""
+
+    def add(factory: F) -> F:
+        if name in _REGISTRY and _REGISTRY[name].factory is not factory:
+            raise ValueError(f"a launcher named {name!r} is registered already")
+        _REGISTRY[name] = _Entry(factory, enable)
+        return factory
+
+    return add
+
+
+def registered() -> list[str]:
+    """The names of every registered launcher."""
+    return sorted(_REGISTRY)
+
+
+def from_settings(settings: Settings) -> dict[str, Launcher]:
+    """The launchers the settings enable, by name."""
+    built = {name: entry.factory(settings) for name, entry in _REGISTRY.items()}
+    return {name: launcher for name, launcher in built.items() if launcher is not None}
+
+
+def launcher_errors(
+    launchers: Mapping[str, Launcher], workers: WorkersSpec
+) -> list[tuple[str, str]]:
+    """Why a spec's ``workers`` cannot run on this service: (field, reason) pairs."""
+    launcher = launchers.get(workers.launcher)
+    if launcher is not None:
+        return launcher.spec_errors(workers)
+    entry = _REGISTRY.get(workers.launcher)
+    if entry is None:
+        return [("workers.launcher", str(UnknownLauncherError(workers.launcher)))]
+    return [
+        (
+            "workers.launcher",
+            f"this service does not run {workers.launcher} workers ({entry.enable})",
+        )
+    ]

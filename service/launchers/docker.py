@@ -1,36 +1,41 @@
 """Workers as containers on one or more Docker hosts, through the Docker Engine API.
 
-Each container carries labels (service instance, study, worker id, GPUs), so
-a restarted service finds its workers again and removes containers it no
-longer knows. GPUs are handed to containers as device requests for exactly
-the leased device ids.
+A worker's ref is ``host/container id``. Each container carries labels (service
+instance, study, worker id, GPUs), so a restarted service finds its workers
+again and removes containers it no longer knows. GPUs are handed to containers
+as device requests for exactly the leased device ids. Nothing about containers
+is kept in memory but the clients: every call asks the engine.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from service.launchers.base import LOST, WorkerHandle
+from service.launchers.base import (
+    LOST,
+    LauncherUnavailable,
+    WorkerHandle,
+    WorkerLaunch,
+    gpu_errors,
+    instance_label,
+    register,
+    worker_log_path,
+)
 from service.launchers.gpus import GpuScheduler, Lease
-from service.launchers.local import worker_log_path
-from service.settings import DockerHost, Settings
+from service.schemas import WorkersSpec
+from service.settings import DockerHost, DockerSettings, Settings
 
-__all__ = ["LABEL", "DockerLauncher", "container_spec", "docker_launcher", "instance_label"]
+__all__ = ["LABEL", "DockerLauncher", "container_spec", "docker_launcher"]
 
 log = logging.getLogger("helios_hpo.docker")
 
 LABEL = "io.helios-hpo"
 _RUNNING = ("created", "running", "restarting", "paused")
-
-
-def instance_label(database_url: str) -> str:
-    """Tells this service's containers from those of a service on another database."""
-    return hashlib.sha256(database_url.encode()).hexdigest()[:16]
 
 
 def container_spec(
@@ -44,6 +49,8 @@ def container_spec(
     env: dict[str, str],
     volumes: list[str],
     network: str | None,
+    gpu_devices: str = "request",
+    user: str | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments of ``containers.run`` for one worker."""
     import docker.types
@@ -71,7 +78,9 @@ def container_spec(
         "stop_signal": "SIGTERM",
         "device_requests": [],
     }
-    if lease.gpus:
+    if lease.gpus and gpu_devices == "env":
+        spec["environment"]["NVIDIA_VISIBLE_DEVICES"] = ",".join(map(str, lease.gpus))
+    elif lease.gpus:
         spec["device_requests"] = [
             docker.types.DeviceRequest(
                 driver="nvidia",
@@ -81,6 +90,8 @@ def container_spec(
         ]
     if network is not None:
         spec["network"] = network
+    if user is not None:
+        spec["user"] = user
     return spec
 
 
@@ -88,39 +99,34 @@ class DockerLauncher:
     """Starts ``helios-hpo worker`` containers on the configured Docker hosts.
 
     Args:
-        hosts: the Docker engines and their GPUs.
-        scheduler: leases GPUs of those hosts.
-        database_url: what the containers connect to (in their environment).
-        instance: this service's label value (see ``instance_label``).
+        settings: the hosts, images, environment, volumes and network of the containers.
+        database_url: what the service's own database URL is (labels tell its containers).
         data_dir: where the logs of ended workers are kept (the service's side).
-        image, env, volumes, network: the containers' defaults.
+        workers_per_gpu: how many workers may share one GPU.
         client_factory: builds a Docker client for a host (tests pass their own).
     """
 
     name = "docker"
+    start_one_first = False
 
     def __init__(
         self,
-        hosts: Iterable[DockerHost],
-        scheduler: GpuScheduler,
+        settings: DockerSettings,
         *,
         database_url: str,
-        instance: str,
         data_dir: Path,
-        image: str,
-        env: dict[str, str],
-        volumes: list[str],
-        network: str | None,
+        workers_per_gpu: int = 1,
         client_factory: Callable[[DockerHost], Any] | None = None,
     ) -> None:
-        self.hosts = {host.name: host for host in hosts}
-        self.scheduler = scheduler
-        self.database_url, self.instance, self.data_dir = database_url, instance, data_dir
-        self.image, self.env, self.volumes, self.network = image, env, volumes, network
+        self.settings = settings
+        self.hosts = {host.name: host for host in settings.hosts}
+        self.scheduler = GpuScheduler({h.name: h.gpus for h in settings.hosts}, workers_per_gpu)
+        self.database_url = settings.database_url or database_url
+        self.instance = instance_label(database_url)
+        self.data_dir = data_dir
         self._client_factory = client_factory or _client
         self._clients: dict[str, Any] = {}
-        self._containers: dict[int, tuple[str, Any]] = {}  # worker id -> (host, container)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the API's and the supervisor's threads share clients
         self.on_exit: Callable[[], None] | None = None
 
     def client(self, host: str) -> Any:
@@ -129,125 +135,168 @@ class DockerLauncher:
                 self._clients[host] = self._client_factory(self.hosts[host])
             return self._clients[host]
 
-    def start(
-        self, study: str, worker_id: int, lease: Lease, image: str | None = None
-    ) -> WorkerHandle:
-        """Run a worker container on ``lease.host`` with ``lease.gpus``."""
+    def spec_errors(self, workers: WorkersSpec) -> list[tuple[str, str]]:
+        images = {self.settings.image, *self.settings.images}
+        if workers.image is not None and workers.image not in images:
+            return [
+                (
+                    "workers.image",
+                    f"{workers.image!r} is not an allowed image; allowed: {sorted(images)} "
+                    "(HELIOS_HPO_DOCKER_IMAGES)",
+                )
+            ]
+        return gpu_errors(
+            workers, self.scheduler, "the largest Docker host", "HELIOS_HPO_DOCKER_HOSTS"
+        )
+
+    def start(self, launch: WorkerLaunch) -> WorkerHandle:
+        """Run a worker container on ``launch.lease.host`` with its GPUs."""
         spec = container_spec(
-            study=study,
-            worker_id=worker_id,
-            lease=lease,
-            image=image or self.image,
+            study=launch.study,
+            worker_id=launch.worker_id,
+            lease=launch.lease,
+            image=launch.image or self.settings.image,
             instance=self.instance,
             database_url=self.database_url,
-            env=self.env,
-            volumes=self.volumes,
-            network=self.network,
+            env=dict(self.settings.env),
+            volumes=list(self.settings.volumes),
+            network=self.settings.network,
+            gpu_devices=self.settings.gpu_devices,
+            user=self.settings.user,
         )
-        container = self.client(lease.host).containers.run(**spec)
+        host = launch.lease.host
+        try:
+            container = self.client(host).containers.run(**spec)
+        except Exception as exc:
+            if _unreachable(exc):
+                raise LauncherUnavailable(f"docker host {host} cannot be reached: {exc}") from exc
+            raise
+        return self._handle(host, container)
+
+    def _handle(self, host: str, container: Any) -> WorkerHandle:
         container.reload()
-        self._containers[worker_id] = (lease.host, container)
         pid = int(container.attrs.get("State", {}).get("Pid") or 0)
+        labels = container.labels
         return WorkerHandle(
-            host=lease.host,
-            pid=pid or -1,
-            pid_start_time=None,
-            log_path=worker_log_path(self.data_dir, study, worker_id),
+            ref=f"{host}/{container.id}",
+            host=host,
+            log_path=worker_log_path(
+                self.data_dir, labels[f"{LABEL}.study"], int(labels[f"{LABEL}.worker-id"])
+            ),
+            pid=pid or None,
         )
 
-    def _find(self, worker_id: int) -> tuple[str, Any] | None:
-        if worker_id in self._containers:
-            return self._containers[worker_id]
+    def find(self, study: str, worker_id: int) -> WorkerHandle | None:
+        labels = [f"{LABEL}.instance={self.instance}", f"{LABEL}.worker-id={worker_id}"]
         for host in self.hosts:
-            found = self.client(host).containers.list(
-                all=True,
-                filters={
-                    "label": [f"{LABEL}.instance={self.instance}", f"{LABEL}.worker-id={worker_id}"]
-                },
-            )
+            found = self.client(host).containers.list(all=True, filters={"label": labels})
             if found:
-                self._containers[worker_id] = (host, found[0])
-                return self._containers[worker_id]
+                return self._handle(host, found[0])
         return None
 
-    def exit_code(self, worker_id: int, pid: int, pid_start_time: float | None) -> int | None:
-        found = self._find(worker_id)
-        if found is None:
+    def _container(self, ref: str) -> Any | None:
+        """The container ``ref`` names, or None when it is gone (or its host unknown)."""
+        import docker.errors
+
+        host, container_id = ref.rsplit("/", 1)
+        if host not in self.hosts:
+            return None
+        try:
+            return self.client(host).containers.get(container_id)
+        except docker.errors.NotFound:
+            return None
+
+    def exit_code(self, ref: str) -> int | None:
+        container = self._container(ref)
+        if container is None:
             return LOST
-        container = found[1]
-        container.reload()
         if container.status in _RUNNING:
             return None
         return int(container.attrs["State"]["ExitCode"])
 
-    def stop(
-        self, worker_id: int, pid: int, pid_start_time: float | None, timeout_s: float
-    ) -> None:
-        found = self._find(worker_id)
-        if found is not None:
-            found[1].stop(timeout=max(1, int(timeout_s)))  # SIGTERM, SIGKILL after the timeout
+    def stop(self, ref: str) -> None:
+        self._signal(ref, "SIGTERM")  # the worker fails its trial and exits
 
-    def logs(self, worker_id: int) -> list[str] | None:
-        """The container's log lines, or None when it is gone."""
-        found = self._find(worker_id)
-        if found is None:
+    def kill(self, ref: str) -> None:
+        self._signal(ref, "SIGKILL")
+
+    def _signal(self, ref: str, signal: str) -> None:
+        import docker.errors
+
+        container = self._container(ref)
+        if container is not None:
+            # It may have ended meanwhile: the engine then refuses (409).
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                container.kill(signal=signal)
+
+    def log_lines(self, ref: str) -> list[str] | None:
+        """The container's log lines, or None when it is gone (its log was kept)."""
+        import docker.errors
+
+        container = self._container(ref)
+        if container is None:
             return None
-        text: bytes = found[1].logs(stdout=True, stderr=True)
+        try:  # removed between the lookup and the read
+            text: bytes = container.logs(stdout=True, stderr=True)
+        except docker.errors.NotFound:
+            return None
         return text.decode(errors="replace").splitlines()
 
-    def forget(self, worker_id: int) -> None:
+    def forget(self, ref: str, log_path: Path) -> None:
         """Keep an ended worker's log under the data dir, then remove its container."""
-        found = self._find(worker_id)
-        self._containers.pop(worker_id, None)
-        if found is None:
+        container = self._container(ref)
+        if container is None:
             return
-        container = found[1]
-        labels = container.labels
-        path = worker_log_path(self.data_dir, labels[f"{LABEL}.study"], worker_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(container.logs(stdout=True, stderr=True))
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_bytes(container.logs(stdout=True, stderr=True))
         container.remove(force=True)
 
-    def remove_orphans(self, known: set[int], hosts: Iterable[str]) -> set[str]:
-        """Remove this service's containers whose worker id is not in ``known``.
-
-        Returns the hosts that could not be reached (to be tried again).
-        """
-        unreachable = set()
-        for host in hosts:
+    def remove_strays(self, known: Collection[str]) -> bool:
+        """Remove this service's containers that no live worker row knows."""
+        reached = True
+        for host in self.hosts:
             try:
                 containers = self.client(host).containers.list(
                     all=True, filters={"label": f"{LABEL}.instance={self.instance}"}
                 )
                 for container in containers:
-                    if int(container.labels[f"{LABEL}.worker-id"]) not in known:
-                        log.warning("removing orphan container %s on %s", container.name, host)
+                    if f"{host}/{container.id}" not in known:
+                        log.warning("removing stray container %s on %s", container.name, host)
                         container.remove(force=True)
             except Exception as exc:
                 log.warning("Docker host %s unreachable (%s); trying again later", host, exc)
                 with self._lock:
                     self._clients.pop(host, None)
-                unreachable.add(host)
-        return unreachable
+                reached = False
+        return reached
 
 
+@register("docker", enable="set HELIOS_HPO_DOCKER_HOSTS")
 def docker_launcher(
     settings: Settings, client_factory: Callable[[DockerHost], Any] | None = None
-) -> DockerLauncher:
-    """The Docker launcher the settings describe (``client_factory``: see DockerLauncher)."""
-    hosts = settings.docker_hosts
-    database_url = settings.docker_database_url or settings.database_url
+) -> DockerLauncher | None:
+    """The Docker launcher the settings describe, or None without Docker hosts
+    (``client_factory``: see DockerLauncher)."""
+    if not settings.docker.hosts:
+        return None
     return DockerLauncher(
-        hosts,
-        GpuScheduler({h.name: h.gpus for h in hosts}, settings.workers_per_gpu),
-        database_url=database_url,
-        instance=instance_label(settings.database_url),
+        settings.docker,
+        database_url=settings.database_url,
         data_dir=settings.data_dir.resolve(),
-        image=settings.docker_image,
-        env=dict(settings.docker_env),
-        volumes=list(settings.docker_volumes),
-        network=settings.docker_network,
+        workers_per_gpu=settings.workers_per_gpu,
         client_factory=client_factory,
+    )
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the engine could not be reached, rather than refused the request."""
+    import docker.errors
+    import requests
+
+    if isinstance(exc, docker.errors.APIError):
+        return False
+    return isinstance(
+        exc, (requests.exceptions.ConnectionError, docker.errors.DockerException, OSError)
     )
 
 

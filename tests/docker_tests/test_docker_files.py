@@ -74,10 +74,13 @@ def test_images_run_as_non_root_without_reinstalling_torch() -> None:
         assert user.split()[1].split(":")[0] not in ("0", "root"), dockerfile
     worker = (DOCKER / "worker.Dockerfile").read_text()
     assert worker.startswith("#")
-    assert "FROM pytorch/pytorch:" in worker
+    # The users' bases by default; the tests build the same files on a local base.
+    assert "ARG BASE=pytorch/pytorch:" in worker
+    assert "FROM ${BASE}" in worker
     assert "cuda" in worker
     assert "--constraint /tmp/torch.txt" in worker  # torch stays the base image's build
     service = (DOCKER / "service.Dockerfile").read_text()
+    assert "ARG BASE=python:3.11-slim-bookworm" in service
     assert "download.pytorch.org/whl/cpu" in service  # no CUDA in the service image
     assert "HEALTHCHECK" in service
     assert "/healthz" in service

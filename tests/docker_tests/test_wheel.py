@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import free_port, wait_for
+from tests.specs import synthetic
+from tests.support import free_port, wait_for, wait_until_ended
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -95,13 +96,9 @@ def test_the_installed_wheel_migrates_serves_and_trains(tmp_path: Path) -> None:
                     return False
 
             wait_for(healthy, 60, "the service to answer /healthz")
-            spec = {"name": "packaged", "task": "synthetic", "n_trials": 3, "workers": {"count": 1}}
+            spec = synthetic("packaged", n_trials=3, workers=1)
             assert client.post("/studies", json=spec).status_code == 201
-            study = wait_for(
-                lambda: (s := client.get("/studies/packaged").json())["status"] != "running" and s,
-                120,
-                "the study to end",
-            )
+            study = wait_until_ended(client, "packaged", 120)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

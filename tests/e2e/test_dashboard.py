@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import Service, wait_for_status
+from tests.e2e.harness import Service, wait_for_status
+from tests.specs import synthetic
 from tests.support import debian_tool, free_port
 
 ARTIFACTS = Path(os.environ.get("HELIOS_HPO_TEST_ARTIFACTS", "test-artifacts"))
@@ -58,7 +59,7 @@ def test_the_dashboard_shows_the_submitted_study(
     service: Service, dashboard_port: int, chromium: str
 ) -> None:
     name = "seen-in-dashboard"
-    spec = {"name": name, "task": "synthetic", "n_trials": 5}
+    spec = synthetic(name, n_trials=5)
     with service.client() as client:
         assert client.post("/studies", json=spec).status_code == 201
         assert wait_for_status(client, name, 60, service)["status"] == "finished"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.e2e.conftest import Service, wait_for_status
+from tests.e2e.harness import Service, wait_for_status
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import (
+from tests.e2e.harness import (
     Service,
     start_service,
     stop_service,
     wait_for,
     wait_for_status,
 )
+from tests.specs import synthetic
 
 pytestmark = pytest.mark.slow
 
@@ -27,13 +28,14 @@ def service_env() -> dict[str, str]:
 
 
 def test_each_worker_gets_its_own_gpu_and_a_third_waits(service: Service) -> None:
-    spec = {
-        "name": "leases",
-        "task": "synthetic",
-        "n_trials": 12,
-        "task_args": {"epochs": 4, "sleep_s": 0.05},
-        "workers": {"count": 3, "gpus_per_worker": 1},
-    }
+    spec = synthetic(
+        "leases",
+        n_trials=12,
+        epochs=4,
+        sleep_s=0.05,
+        workers=3,
+        gpus_per_worker=1,
+    )
     with service.client() as client:
         assert client.post("/studies", json=spec).status_code == 201
 
@@ -42,8 +44,8 @@ def test_each_worker_gets_its_own_gpu_and_a_third_waits(service: Service) -> Non
             return workers if len(workers) >= 2 else None
 
         workers = wait_for(two_workers, 30, "two workers")
-        running = [w for w in workers if w["state"] == "running"]
-        assert sorted(str(w["gpus"]) for w in running) == ["3", "5"]  # two GPUs: two workers
+        live = [w for w in workers if w["state"] in ("starting", "running")]
+        assert sorted(str(w["gpus"]) for w in live) == ["3", "5"]  # two GPUs: two workers
         study = wait_for_status(client, "leases", 120, service)
         assert study["status"] == "finished"
         too_many = client.post(
@@ -69,13 +71,14 @@ class TestSharedGpu:
     def test_two_workers_share_a_gpu_and_a_restarted_service_keeps_it_leased(
         self, service: Service, tmp_path: Path
     ) -> None:
-        spec = {
-            "name": "sharing",
-            "task": "synthetic",
-            "n_trials": 20,
-            "task_args": {"epochs": 10, "sleep_s": 0.1},
-            "workers": {"count": 2, "gpus_per_worker": 1},
-        }
+        spec = synthetic(
+            "sharing",
+            n_trials=20,
+            epochs=10,
+            sleep_s=0.1,
+            workers=2,
+            gpus_per_worker=1,
+        )
         with service.client() as client:
             assert client.post("/studies", json=spec).status_code == 201
             wait_for(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.load import run_load
-from tests.e2e.conftest import Service
+from tests.e2e.harness import Service
 
 pytestmark = pytest.mark.slow
 

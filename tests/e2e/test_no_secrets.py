@@ -11,7 +11,8 @@ import pytest
 
 from service.db import normalize_url
 from tests.databases import _postgres_database
-from tests.e2e.conftest import start_service, stop_service, wait_for, wait_for_status
+from tests.e2e.harness import start_service, stop_service, wait_for, wait_for_status
+from tests.specs import synthetic
 
 PASSWORD = "pw-9f1c2e7a-never-shown"  # noqa: S105 (a sentinel to look for)
 TOKEN = "tok-4d2b8e61-never-logged"  # noqa: S105
@@ -34,12 +35,12 @@ def test_the_database_password_never_leaves(url_with_password: str, tmp_path: Pa
     )
     seen: list[str] = []
     try:
-        spec = {
-            "name": "secretive",
-            "task": "synthetic",
-            "n_trials": 4,
-            "task_args": {"epochs": 3, "sleep_s": 0.3},
-        }
+        spec = synthetic(
+            "secretive",
+            n_trials=4,
+            epochs=3,
+            sleep_s=0.3,
+        )
         headers = {"Authorization": f"Bearer {TOKEN}"}
         with httpx.Client(base_url=service.url, headers=headers, timeout=30) as client:
             seen.append(client.post("/studies", json=spec).text)

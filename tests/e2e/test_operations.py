@@ -7,7 +7,9 @@ import optuna
 import pytest
 
 from service.db import optuna_storage
-from tests.e2e.conftest import Service, optuna_trials, study_summary, wait_for, wait_for_status
+from service.models import LIVE_STATES as LIVE
+from tests.e2e.harness import Service, optuna_trials, study_summary, wait_for, wait_for_status
+from tests.specs import synthetic
 
 pytestmark = pytest.mark.slow
 
@@ -16,19 +18,16 @@ SLOW = {"epochs": 4, "sleep_s": 0.1}  # ~0.4 s a trial
 
 def _workers_gone(client: httpx.Client, name: str) -> bool:
     study = study_summary(client, name)
-    return study["counts"]["RUNNING"] == 0 and all(
-        w["state"] != "running" for w in study["workers"]
-    )
+    return study["counts"]["RUNNING"] == 0 and all(w["state"] not in LIVE for w in study["workers"])
 
 
 def test_pause_lets_trials_finish_and_resume_completes_the_budget(service: Service) -> None:
-    spec = {
-        "name": "pr",
-        "task": "synthetic",
-        "n_trials": 16,
-        "task_args": SLOW,
-        "workers": {"count": 2},
-    }
+    spec = synthetic(
+        "pr",
+        n_trials=16,
+        task_args=SLOW,
+        workers=2,
+    )
     with service.client() as client:
         assert client.post("/studies", json=spec).status_code == 201
         wait_for(lambda: study_summary(client, "pr")["counts"]["COMPLETE"] >= 2, 60, "two trials")
@@ -58,13 +57,12 @@ def test_pause_lets_trials_finish_and_resume_completes_the_budget(service: Servi
 
 
 def test_patch_changes_budget_and_workers_live(service: Service) -> None:
-    spec = {
-        "name": "patched",
-        "task": "synthetic",
-        "n_trials": 6,
-        "task_args": SLOW,
-        "workers": {"count": 1},
-    }
+    spec = synthetic(
+        "patched",
+        n_trials=6,
+        task_args=SLOW,
+        workers=1,
+    )
     with service.client() as client:
         assert client.post("/studies", json=spec).status_code == 201
         patched = client.patch("/studies/patched", json={"n_trials": 10, "workers": {"count": 2}})
@@ -97,13 +95,12 @@ def test_patch_changes_budget_and_workers_live(service: Service) -> None:
 
 
 def test_enqueued_parameters_run_first_after_resume(service: Service) -> None:
-    spec = {
-        "name": "queued",
-        "task": "synthetic",
-        "n_trials": 4,
-        "task_args": {"epochs": 2},
-        "workers": {"count": 1},
-    }
+    spec = synthetic(
+        "queued",
+        n_trials=4,
+        epochs=2,
+        workers=1,
+    )
     with service.client() as client:
         assert client.post("/studies", json=spec).status_code == 201
         assert client.post("/studies/queued/pause").status_code == 200
@@ -131,7 +128,7 @@ def test_enqueued_parameters_run_first_after_resume(service: Service) -> None:
 
 
 def test_delete_refuses_a_running_study_then_removes_everything(service: Service) -> None:
-    spec = {"name": "gone", "task": "synthetic", "n_trials": 50, "task_args": SLOW}
+    spec = synthetic("gone", n_trials=50, task_args=SLOW)
     with service.client() as client:
         assert client.post("/studies", json=spec).status_code == 201
         wait_for(lambda: study_summary(client, "gone")["counts"]["COMPLETE"] >= 1, 60, "a trial")

@@ -22,8 +22,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from service.db import normalize_url
-from tests.e2e.conftest import _kill_workers, start_service, stop_service
-from tests.support import debian_tool, free_port, wait_for
+from service.models import LIVE_STATES as LIVE
+from tests.e2e.harness import kill_workers, start_service, stop_service
+from tests.specs import synthetic
+from tests.support import debian_tool, free_port, wait_for, wait_until_ended
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -112,33 +114,28 @@ def test_a_study_through_pgbouncer_finishes_on_its_pool_of_server_connections(
     watcher.start()
     svc = start_service(pgbouncer, tmp_path / "data", tmp_path / "service.log", {})
     try:
-        spec = {
-            "name": "bounced",
-            "task": "synthetic",
-            "n_trials": 40,
-            "max_failed_trials": 0,
-            "task_args": {"sleep_s": 0.02},
-            "workers": {"count": WORKERS},
-        }
+        spec = synthetic(
+            "bounced",
+            n_trials=40,
+            max_failed_trials=0,
+            sleep_s=0.02,
+            workers=WORKERS,
+        )
         with httpx.Client(base_url=svc.url, timeout=30) as client:
             assert client.post("/studies", json=spec).status_code == 201
 
-            def finished() -> bool:
-                return bool(client.get("/studies/bounced").json()["status"] != "running")
-
-            wait_for(finished, 300, "the study to finish through PgBouncer")
-            study = client.get("/studies/bounced").json()
+            study = wait_until_ended(client, "bounced", 300)
 
             def all_ended() -> list[dict[str, object]] | None:
                 workers: list[dict[str, object]] = client.get("/studies/bounced/workers").json()
-                return workers if all(w["state"] != "running" for w in workers) else None
+                return workers if all(w["state"] not in LIVE for w in workers) else None
 
             workers = wait_for(all_ended, 60, "the workers to exit")
     finally:
         done.set()
         watcher.join()
         stop_service(svc)
-        _kill_workers(database_url)
+        kill_workers(database_url)
         admin.dispose()
     assert study["status"] == "finished", study["status_reason"]
     counts = study["counts"]

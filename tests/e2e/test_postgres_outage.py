@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from service.migrations import upgrade
-from tests.e2e.conftest import _kill_workers, start_service, stop_service, wait_for, wait_for_status
+from tests.e2e.harness import kill_workers, start_service, stop_service, wait_for, wait_for_status
+from tests.specs import synthetic
 from tests.support import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -90,13 +91,13 @@ def cluster() -> Iterator[Cluster]:
 def test_study_survives_a_postgres_restart(cluster: Cluster, tmp_path: Path) -> None:
     upgrade(cluster.url)
     service = start_service(cluster.url, tmp_path / "data", tmp_path / "service.log", {})
-    spec = {
-        "name": "outage",
-        "task": "synthetic",
-        "n_trials": 24,
-        "task_args": {"epochs": 10, "sleep_s": 0.05},
-        "workers": {"count": 2},
-    }
+    spec = synthetic(
+        "outage",
+        n_trials=24,
+        epochs=10,
+        sleep_s=0.05,
+        workers=2,
+    )
     try:
         with service.client() as client:
             assert client.post("/studies", json=spec).status_code == 201
@@ -106,13 +107,25 @@ def test_study_survives_a_postgres_restart(cluster: Cluster, tmp_path: Path) -> 
                 "three finished trials",
             )
             cluster.stop()
-            time.sleep(10)  # the outage itself: the database is away for 10 s
+            began = time.monotonic()
+            # Reads during the outage say so, with when to retry: no 500 "internal error".
+            down = wait_for(
+                lambda: (r := client.get("/studies/outage")).status_code != 200 and r,
+                30,
+                "a read to fail",
+            )
+            assert down.status_code == 503, down.text
+            assert down.headers["retry-after"] == "5"
+            assert down.json()["code"] == "database_unavailable"
+            assert "database is unreachable" in down.json()["detail"]
+            assert client.get("/studies").status_code == 503
+            time.sleep(max(0.0, 10 - (time.monotonic() - began)))  # the database is away 10 s
             cluster.start()
             study = wait_for_status(client, "outage", 240, service)
             workers = client.get("/studies/outage/workers").json()
     finally:
         stop_service(service)
-        _kill_workers(cluster.url)
+        kill_workers(cluster.url)
 
     assert study["status"] == "finished", study
     counts = study["counts"]

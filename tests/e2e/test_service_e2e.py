@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from service.db import optuna_storage
-from tests.e2e.conftest import Service, optuna_trials, wait_for, wait_for_status
+from tests.e2e.harness import Service, optuna_trials, wait_for, wait_for_status
+from tests.specs import synthetic
 
 pytestmark = pytest.mark.slow
 
@@ -66,13 +67,13 @@ def test_digits_study_trains_to_the_end(service: Service) -> None:
 
 
 def test_budget_is_exact_with_many_workers(service: Service) -> None:
-    spec = {
-        "name": "budget",
-        "task": "synthetic",
-        "n_trials": 15,
-        "task_args": {"epochs": 3, "sleep_s": 0.02},
-        "workers": {"count": 4},
-    }
+    spec = synthetic(
+        "budget",
+        n_trials=15,
+        epochs=3,
+        sleep_s=0.02,
+        workers=4,
+    )
     with service.client() as client:
         assert client.post("/studies", json=spec).status_code == 201
         study = wait_for_status(client, "budget", 180, service)
@@ -91,13 +92,13 @@ def test_budget_is_exact_with_many_workers(service: Service) -> None:
 
 
 def test_stop_ends_training_now_and_leaves_nothing_running(service: Service) -> None:
-    spec = {
-        "name": "slow",
-        "task": "synthetic",
-        "n_trials": 50,
-        "task_args": {"epochs": 20, "sleep_s": 0.5},
-        "workers": {"count": 2},
-    }
+    spec = synthetic(
+        "slow",
+        n_trials=50,
+        epochs=20,
+        sleep_s=0.5,
+        workers=2,
+    )
     with service.client() as client:
         assert client.post("/studies", json=spec).status_code == 201
         wait_for(
@@ -123,11 +124,7 @@ def test_stop_ends_training_now_and_leaves_nothing_running(service: Service) -> 
 
 def test_cli_submit_waits_with_progress(service: Service, tmp_path: Path) -> None:
     spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(
-        yaml.safe_dump(
-            {"name": "cli", "task": "synthetic", "n_trials": 5, "task_args": {"epochs": 2}}
-        )
-    )
+    spec_path.write_text(yaml.safe_dump(synthetic("cli", n_trials=5, epochs=2)))
     proc = subprocess.run(
         [
             sys.executable,
@@ -183,7 +180,7 @@ def test_cli_submit_waits_with_progress(service: Service, tmp_path: Path) -> Non
         timeout=60,
         check=False,
     )
-    assert again.returncode == 1
+    assert again.returncode == 2  # a user's error
     assert "409 a study named 'cli' exists" in again.stderr
 
 
@@ -211,13 +208,13 @@ def test_the_readme_quickstart_study_trains(service: Service) -> None:
 def test_one_worker_starts_first_and_the_rest_once_a_trial_runs(service: Service) -> None:
     """Workers starting together share the host's cores; the first trial must not wait
     for all of them to start."""
-    spec = {
-        "name": "ramp",
-        "task": "synthetic",
-        "n_trials": 40,
-        "task_args": {"epochs": 3, "sleep_s": 0.05},
-        "workers": {"count": 4},
-    }
+    spec = synthetic(
+        "ramp",
+        n_trials=40,
+        epochs=3,
+        sleep_s=0.05,
+        workers=4,
+    )
     with service.client() as client:
         assert client.post("/studies", json=spec).status_code == 201
         wait_for(lambda: len(client.get("/studies/ramp/workers").json()) == 4, 120, "4 workers")

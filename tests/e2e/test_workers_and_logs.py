@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.conftest import Service, wait_for, wait_for_status
+from tests.e2e.harness import Service, wait_for, wait_for_status
+from tests.specs import synthetic
 
 pytestmark = pytest.mark.slow
 
 
 def test_workers_logs_and_a_followed_stream(service: Service) -> None:
-    spec = {
-        "name": "logged",
-        "task": "synthetic",
-        "n_trials": 6,
-        "task_args": {"epochs": 3, "sleep_s": 0.1},
-        "workers": {"count": 1},
-    }
+    spec = synthetic(
+        "logged",
+        n_trials=6,
+        epochs=3,
+        sleep_s=0.1,
+        workers=1,
+    )
     with service.client() as client:
         assert client.post("/studies", json=spec).status_code == 201
-        workers = wait_for(lambda: client.get("/studies/logged/workers").json(), 30, "a worker")
+        # A worker is listed as starting before its process is started, then as running.
+        workers = wait_for(
+            lambda: [w for w in client.get("/studies/logged/workers").json() if w["pid"]],
+            30,
+            "a started worker",
+        )
         (worker,) = workers
         assert worker["launcher"] == "local"
         assert worker["pid"] > 0

@@ -16,13 +16,21 @@ class BoringData(DataModule):
     """Two linearly separable classes in 8 dimensions."""
 
     def __init__(
-        self, n_train: int = 64, n_valid: int = 32, batch_size: int = 8, shuffle: bool = True
+        self,
+        n_train: int = 64,
+        n_valid: int = 32,
+        batch_size: int = 8,
+        shuffle: bool = True,
+        calls: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.n_train, self.n_valid, self.batch_size = n_train, n_valid, batch_size
         self.shuffle = shuffle
+        self.calls = calls  # records setup() when given
 
     def setup(self) -> None:
+        if self.calls is not None:
+            self.calls.append("data.setup")
         gen = torch.Generator().manual_seed(1234)
         n = self.n_train + self.n_valid
         x = torch.randn(n, 8, generator=gen)
@@ -62,7 +70,7 @@ class BoringModel(Model):
 
     def train_step(self, batch: Any, state: TrainingState) -> torch.Tensor:
         self.batches_seen += 1
-        if self.fail_at is not None and state.dataset_iter + 1 == self.fail_at:
+        if self.fail_at is not None and state.global_iteration == self.fail_at:
             raise RuntimeError(f"simulated crash at batch {self.fail_at}")
         x, y = batch
         return F.cross_entropy(self.net(x), y)
@@ -146,6 +154,10 @@ class RecordingPlugin(Plugin):
     def on_testing_end(self) -> None:
         self.calls.append("plugin.on_testing_end")
 
+    def should_training_stop(self) -> bool:
+        self.calls.append("plugin.should_training_stop")
+        return False
+
 
 class RecordingModel(BoringModel):
     """A BoringModel that records its hooks into a shared list."""
@@ -180,16 +192,22 @@ class RecordingModel(BoringModel):
         self._record("train_step")
         return super().train_step(batch, state)
 
-    def on_training_batch_end(self, state: TrainingState) -> None:
+    def on_training_batch_end(self, state: TrainingState, should_log: bool = False) -> None:
         self._record("on_training_batch_end")
 
     def on_validation_start(self, validation_cycle: int) -> None:
         self._record(f"on_validation_start({validation_cycle})")
         super().on_validation_start(validation_cycle)
 
+    def on_validation_batch_start(self, step: int) -> None:
+        self._record(f"on_validation_batch_start({step})")
+
     def valid_step(self, batch: Any, step: int) -> None:
         self._record("valid_step")
         super().valid_step(batch, step)
+
+    def on_validation_batch_end(self, step: int) -> None:
+        self._record(f"on_validation_batch_end({step})")
 
     def on_validation_end(self, validation_cycle: int) -> None:
         self._record(f"on_validation_end({validation_cycle})")

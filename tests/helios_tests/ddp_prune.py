@@ -46,12 +46,13 @@ def main(storage: str, out_dir: Path) -> None:
     plugin.configure_trainer(trainer)
     lr = plugin.suggest("float", "lr", low=0.01, high=0.1)
     model = DDPModel(lr=lr)
-    state = trainer.fit(model, BoringData())
+    plugin.configure_model(model)  # as helios-ml's users do
     try:
-        plugin.check_pruned()
+        trainer.fit(model, BoringData())  # raises TrialPruned on every rank when pruned
         pruned = False
     except optuna.TrialPruned:
         pruned = True
+    state = trainer.state
     if trial is not None:
         study.tell(trial, state=optuna.trial.TrialState.PRUNED if pruned else None)
     result = {
@@ -60,7 +61,7 @@ def main(storage: str, out_dir: Path) -> None:
         "lr": lr,
         "epochs": state.global_epoch,
         "cycles": state.validation_cycles,
-        "batches": state.dataset_iter,
+        "batches": state.global_iteration,
         "pruned": pruned,
         "save_name": model.save_name,
     }

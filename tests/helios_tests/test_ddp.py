@@ -14,9 +14,8 @@ from tests.support import free_port
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow
-def test_rank0_pruning_decision_stops_both_ranks(tmp_path: Path) -> None:
-    storage = f"sqlite:///{tmp_path / 'ddp.db'}"
+def _torchrun(script: str, *args: str) -> None:
+    """Run ``script`` on two CPU ranks (gloo) and check that both exit cleanly."""
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
@@ -32,9 +31,8 @@ def test_rank0_pruning_decision_stops_both_ranks(tmp_path: Path) -> None:
             "--nproc_per_node=2",
             "--master_addr=127.0.0.1",
             f"--master_port={free_port()}",
-            str(REPO / "tests" / "helios_tests" / "ddp_prune.py"),
-            storage,
-            str(tmp_path),
+            str(REPO / "tests" / "helios_tests" / script),
+            *args,
         ],
         env=env,
         capture_output=True,
@@ -43,6 +41,12 @@ def test_rank0_pruning_decision_stops_both_ranks(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+@pytest.mark.slow
+def test_rank0_pruning_decision_stops_both_ranks(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'ddp.db'}"
+    _torchrun("ddp_prune.py", storage, str(tmp_path))
 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for result in ranks:
@@ -57,3 +61,13 @@ def test_rank0_pruning_decision_stops_both_ranks(tmp_path: Path) -> None:
     (trial,) = optuna.load_study(study_name="ddp", storage=storage).trials
     assert trial.state == optuna.trial.TrialState.PRUNED
     assert sorted(trial.intermediate_values) == [0, 1]
+
+
+@pytest.mark.slow
+def test_a_drawn_seed_read_on_one_rank_only_is_the_same_on_both(tmp_path: Path) -> None:
+    # Drawing the seed is collective: done lazily in the getter, rank 0's lone read paired
+    # with rank 1's next broadcast, which then got the seed instead of its value.
+    _torchrun("ddp_seed.py", str(tmp_path))
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["seed"] == ranks[0]["first_read"] == ranks[1]["seed"]
+    assert ranks[0]["lr"] == ranks[1]["lr"] == 0.05

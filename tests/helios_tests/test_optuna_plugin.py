@@ -44,7 +44,7 @@ def _objective(epochs: int, chkpt_root: Path | None = None):  # type: ignore[no-
         trainer.fit(model, BoringData())
         plugin.check_pruned()
         trial.set_user_attr("validation_cycles", trainer.state.validation_cycles)
-        trial.set_user_attr("batches", trainer.state.dataset_iter)
+        trial.set_user_attr("batches", trainer.state.global_iteration)
         return model.metrics["accuracy"]
 
     return objective
@@ -105,7 +105,7 @@ def test_resume_is_refused_with_other_parameters(tmp_path: Path) -> None:
         run("b.db", 0.2, epochs=4)  # trial 0 of study b, other parameters
     resumed = run("c.db", 0.1, epochs=4)  # same parameters: resumes at epoch 2
     assert resumed.state.global_epoch == 4
-    assert resumed.state.dataset_iter == 32
+    assert resumed.state.global_iteration == 32
     assert resumed.state.validation_cycles == 4
 
 

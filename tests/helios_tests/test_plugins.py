@@ -2,12 +2,21 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
 import torch
 
-from helios import CUDAPlugin, Plugin, PluginConflictError, Trainer, TrainingState
+from helios import (
+    CUDAPlugin,
+    DuplicatePluginError,
+    Plugin,
+    PluginConflictError,
+    Trainer,
+    TrainingState,
+)
 from helios.plugins import move_to_device
 from tests.helios_tests.boring import BoringData, BoringModel, RecordingModel, RecordingPlugin
 
@@ -24,65 +33,221 @@ class StopperPlugin(Plugin):
         return True
 
 
-def test_two_plugins_claiming_one_override_are_refused_before_training() -> None:
-    calls: list[str] = []
-    trainer = Trainer(total_steps=1, plugins=[StopperPlugin("first"), StopperPlugin("second")])
+def test_two_plugins_claiming_one_override_are_refused_at_registration() -> None:
     with pytest.raises(PluginConflictError) as info:
-        trainer.fit(RecordingModel(calls), BoringData())
+        Trainer(total_steps=1, plugins=[StopperPlugin("first"), StopperPlugin("second")])
     message = str(info.value)
     assert "'first'" in message
     assert "'second'" in message
     assert "'should_training_stop'" in message
-    assert calls == []  # nothing ran, not even setup
+    trainer = Trainer(total_steps=1, plugins=[StopperPlugin("first")])
+    with pytest.raises(PluginConflictError):
+        trainer.register_plugin(StopperPlugin("second"))
+    assert list(trainer.plugins) == ["first"]  # the refused one is not left behind
 
 
-def test_batch_override_conflict_names_both_plugins() -> None:
+def test_conflicting_plugins_registered_by_configure_trainer_are_refused_before_any_hook() -> None:
+    calls: list[str] = []
     trainer = Trainer(total_steps=1)
-    RecordingPlugin([], "a").configure_trainer(trainer)
-    RecordingPlugin([], "b").configure_trainer(trainer)
+    RecordingPlugin(calls, "a").configure_trainer(trainer)
+    RecordingPlugin(calls, "b").configure_trainer(trainer)
     with pytest.raises(
         PluginConflictError, match="'a' .* and 'b' .* both claim the 'training_batch'"
     ):
-        trainer.fit(BoringModel(), BoringData())
+        trainer.fit(RecordingModel(calls), BoringData(calls=calls))
+    assert calls == []  # nothing ran, not even setup
 
 
-def test_overriding_a_batch_hook_without_claiming_it_is_an_error() -> None:
-    class Forgetful(Plugin):
+def test_a_batch_hook_that_is_not_claimed_is_accepted_and_not_called() -> None:
+    class Unclaimed(Plugin):
+        def __init__(self) -> None:
+            super().__init__("unclaimed")
+            self.seen = 0
+
         def setup(self) -> None:
             pass
 
         def process_training_batch(self, batch: Any, state: TrainingState) -> Any:
+            self.seen += 1
             return batch
 
-    trainer = Trainer(total_steps=1, plugins=[Forgetful("forgetful")])
-    with pytest.raises(PluginConflictError, match="does not claim unique_overrides.training_batch"):
-        trainer.fit(BoringModel(), BoringData())
+    plugin = Unclaimed()
+    state = Trainer(total_steps=1, plugins=[plugin], seed=0).fit(BoringModel(), BoringData())
+    assert state.global_iteration == 8
+    assert plugin.seen == 0
 
 
-def test_duplicate_plugin_id_is_refused() -> None:
+def test_duplicate_plugin_id_is_a_key_error_naming_both() -> None:
     trainer = Trainer(total_steps=1, plugins=[StopperPlugin("same")])
-    with pytest.raises(PluginConflictError, match="already has a plug-in with id 'same'"):
+    with pytest.raises(KeyError) as info:
         RecordingPlugin([], "same").configure_trainer(trainer)
+    assert isinstance(info.value, DuplicatePluginError)
+    assert isinstance(info.value, PluginConflictError)
+    message = str(info.value)
+    assert "'same'" in message
+    assert "StopperPlugin" in message
+    assert "RecordingPlugin" in message
+    with pytest.raises(KeyError):
+        trainer.register_plugin(RecordingPlugin([], "same"))
 
 
-def test_claimed_should_training_stop_ends_training_after_first_validation() -> None:
+def test_should_training_stop_is_asked_after_every_batch() -> None:
     trainer = Trainer(total_steps=5, plugins=[StopperPlugin("stopper")], seed=0)
     state = trainer.fit(BoringModel(), BoringData())
-    assert (state.global_epoch, state.validation_cycles, state.stopped_early) == (1, 1, True)
+    assert (state.global_iteration, state.validation_cycles, state.stopped_early) == (1, 0, True)
 
 
-def test_plugin_sees_trainer_context() -> None:
-    plugin = StopperPlugin("ctx")
-    with pytest.raises(RuntimeError, match="not attached to a trainer"):
-        _ = plugin.device
-    trainer = Trainer(total_steps=1, device="cpu", plugins=[plugin])
-    assert trainer.plugins["ctx"] is plugin
+def test_should_training_stop_is_asked_without_validation() -> None:
+    class AfterBatches(Plugin):
+        def __init__(self, batches: int) -> None:
+            super().__init__("after")
+            self.batches = batches
+
+        def setup(self) -> None:
+            pass
+
+        def should_training_stop(self) -> bool:  # not claimed: asked all the same
+            return self.trainer.state.global_iteration >= self.batches
+
+    trainer = Trainer(total_steps=5, valid_frequency=None, plugins=[AfterBatches(11)], seed=0)
+    state = trainer.fit(BoringModel(), BoringData())
+    assert (state.global_iteration, state.global_epoch, state.stopped_early) == (11, 2, True)
+
+
+class ContextReader(Plugin):
+    """Reads its context in setup, as helios-ml plug-ins do."""
+
+    def __init__(self) -> None:
+        super().__init__("ctx")
+        self.seen: tuple[Any, ...] = ()
+
+    def configure_trainer(self, trainer: Trainer) -> None:
+        pass  # an override that registers nothing
+
+    def setup(self) -> None:
+        self.seen = (self.device, self.rank, self.is_distributed, self.map_loc, self.trainer)
+
+
+def test_plugin_context_is_assigned_when_training_starts() -> None:
+    plugin = ContextReader()
+    with pytest.raises(RuntimeError, match="in no trainer yet"):
+        _ = plugin.trainer
+    trainer = Trainer(total_steps=1, device="cpu", seed=0)
+    plugin.configure_trainer(trainer)
+    assert trainer.plugins == {}
+    trainer.plugins[plugin.plug_id] = plugin  # put into the table directly
+    trainer.fit(BoringModel(), BoringData())
+    assert plugin.seen == (torch.device("cpu"), 0, False, "cpu", trainer)
+    # The context is settable, as helios-ml's.
+    plugin.device, plugin.rank, plugin.is_distributed = torch.device("meta"), 3, True
+    plugin.map_loc = {"cuda:0": "cpu"}
     assert (plugin.device, plugin.rank, plugin.is_distributed, plugin.map_loc) == (
-        torch.device("cpu"),
-        0,
-        False,
-        "cpu",
+        torch.device("meta"),
+        3,
+        True,
+        {"cuda:0": "cpu"},
     )
+
+
+def test_plug_id_defaults_to_the_class_name() -> None:
+    class Nameless(Plugin):
+        def setup(self) -> None:
+            pass
+
+    trainer = Trainer(total_steps=1, plugins=[Nameless()])
+    assert list(trainer.plugins) == ["Nameless"]
+
+
+class Expecting(Plugin):
+    """Expects ValueError from fit, and raises it when training ends."""
+
+    def __init__(self, calls: list[str]) -> None:
+        super().__init__("expecting")
+        self.calls = calls
+
+    def configure_trainer(self, trainer: Trainer) -> None:
+        super().configure_trainer(trainer)
+        self._append_train_exceptions(ValueError, trainer)
+        self._append_test_exceptions([KeyError, IndexError], trainer)
+
+    def setup(self) -> None:
+        pass
+
+    def on_training_end(self) -> None:
+        raise ValueError("expected at the end")
+
+
+def test_expected_exceptions_let_the_other_end_hooks_run_then_propagate() -> None:
+    calls: list[str] = []
+    trainer = Trainer(total_steps=1, seed=0)
+    Expecting(calls).configure_trainer(trainer)
+    RecordingPlugin(calls, "after").configure_trainer(trainer)
+    assert trainer.train_exceptions == [ValueError]
+    assert trainer.test_exceptions == [KeyError, IndexError]
+    with pytest.raises(ValueError, match="expected at the end"):
+        trainer.fit(RecordingModel(calls), BoringData())
+    assert calls[-2:] == ["plugin.on_training_end", "model.on_training_end"]
+
+
+def test_an_unexpected_exception_propagates_at_once() -> None:
+    class Broken(Plugin):
+        def setup(self) -> None:
+            pass
+
+        def on_training_end(self) -> None:
+            raise RuntimeError("not expected")
+
+    calls: list[str] = []
+    trainer = Trainer(total_steps=1, seed=0, plugins=[Broken()])
+    with pytest.raises(RuntimeError, match="not expected"):
+        trainer.fit(RecordingModel(calls), BoringData())
+    assert "model.on_training_end" not in calls
+
+
+class Stateful(Plugin):
+    def __init__(self, calls: list[str], plug_id: str) -> None:
+        super().__init__(plug_id)
+        self.calls = calls
+
+    def setup(self) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"id": self.plug_id}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self.calls.append(f"{self.plug_id}.load_state_dict({state_dict['id']})")
+
+
+class LoadRecordingModel(BoringModel):
+    def __init__(self, calls: list[str]) -> None:
+        super().__init__()
+        self.calls = calls
+
+    def load_state_dict(self, state_dict: dict[str, Any], fast_init: bool = False) -> None:
+        self.calls.append("model.load_state_dict")
+        super().load_state_dict(state_dict)
+
+
+def test_resume_loads_the_model_then_the_plugins_the_checkpoint_holds(tmp_path: Path) -> None:
+    calls: list[str] = []
+    Trainer(
+        total_steps=1,
+        chkpt_root=tmp_path,
+        chkpt_frequency=1,
+        seed=0,
+        plugins=[Stateful(calls, "a")],
+    ).fit(LoadRecordingModel(calls), BoringData())
+    assert calls == []
+    resumed = Trainer(
+        total_steps=2,
+        chkpt_root=tmp_path,
+        chkpt_frequency=1,
+        seed=0,
+        plugins=[Stateful(calls, "a"), Stateful(calls, "new")],
+    )
+    resumed.fit(LoadRecordingModel(calls), BoringData())
+    assert calls == ["model.load_state_dict", "a.load_state_dict(a)"]  # "new" is not in it
 
 
 class Pair(NamedTuple):
@@ -137,7 +302,7 @@ def test_move_to_device_recurses_and_keeps_container_types() -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
 def test_cuda_plugin_without_cuda_says_what_to_do() -> None:
     with pytest.raises(RuntimeError, match="CUDAPlugin needs a CUDA device.*remove the plug-in"):
-        Trainer(total_steps=1, plugins=[CUDAPlugin()])
+        CUDAPlugin()  # refused when created, as the seed documents
 
 
 @pytest.mark.gpu

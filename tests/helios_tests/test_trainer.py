@@ -14,6 +14,8 @@ TRAIN_BATCH = [
     "model.on_training_batch_start",
     "model.train_step",
     "model.on_training_batch_end",
+    "plugin.should_training_stop",  # every plug-in and the model, after every batch
+    "model.should_training_stop",
 ]
 
 
@@ -22,10 +24,13 @@ def _validation(cycle: int) -> list[str]:
         f"plugin.on_validation_start({cycle})",
         f"model.on_validation_start({cycle})",
         "plugin.process_validation_batch",
+        "model.on_validation_batch_start(0)",
         "model.valid_step",
+        "model.on_validation_batch_end(0)",
         f"plugin.on_validation_end({cycle})",
         f"model.on_validation_end({cycle})",
         "model.have_metrics_improved",
+        "plugin.should_training_stop",
         "model.should_training_stop",
     ]
 
@@ -34,7 +39,7 @@ def test_hook_order_of_fit_then_test() -> None:
     calls: list[str] = []
     trainer = Trainer(total_steps=2, seed=0, plugins=[RecordingPlugin(calls)])
     model = RecordingModel(calls)
-    data = BoringData(n_train=16, n_valid=8, batch_size=8)  # 2 train batches, 1 valid batch
+    data = BoringData(n_train=16, n_valid=8, batch_size=8, calls=calls)  # 2 train, 1 valid batch
 
     trainer.fit(model, data)
     epoch = [
@@ -43,17 +48,18 @@ def test_hook_order_of_fit_then_test() -> None:
     ]
     assert calls == [
         "plugin.configure_model",
-        "plugin.setup",
+        "plugin.setup",  # plug-ins before the data, as in helios-ml
+        "data.setup",
         "model.setup",
         "plugin.on_training_start",
         "model.on_training_start",
-        "model.on_training_epoch_start(0)",
-        *epoch,
-        "model.on_training_epoch_end(0)",
-        *_validation(0),
-        "model.on_training_epoch_start(1)",
+        "model.on_training_epoch_start(1)",  # state.global_epoch, from 1 as in helios-ml
         *epoch,
         "model.on_training_epoch_end(1)",
+        *_validation(0),
+        "model.on_training_epoch_start(2)",
+        *epoch,
+        "model.on_training_epoch_end(2)",
         *_validation(1),
         "plugin.on_training_end",
         "model.on_training_end",
@@ -64,6 +70,7 @@ def test_hook_order_of_fit_then_test() -> None:
     assert calls == [
         "plugin.configure_model",
         "plugin.setup",  # the fitted model is not set up again
+        "data.setup",
         "plugin.on_testing_start",
         "model.on_testing_start",
         "plugin.process_testing_batch",
@@ -84,15 +91,16 @@ def test_iteration_unit_validates_every_n_optimizer_steps() -> None:
         plugins=[RecordingPlugin(calls)],
     )
     state = trainer.fit(RecordingModel(calls), BoringData(n_train=24, n_valid=8, batch_size=8))
-    assert state.global_iteration == 5
-    assert state.global_epoch == 1  # 3 batches per epoch: epoch 0 done, epoch 1 partial
+    assert (state.current_iteration, state.global_iteration) == (5, 5)
+    # 3 batches per epoch: epoch 1 done, epoch 2 partial (2 batches into it)
+    assert (state.global_epoch, state.epochs_completed, state.dataset_iter) == (2, 1, 2)
     assert calls.count("model.train_step") == 5
     assert [c for c in calls if c.startswith("model.on_validation_start")] == [
         "model.on_validation_start(0)",
         "model.on_validation_start(1)",
     ]
-    assert calls.count("model.on_training_epoch_end(0)") == 1
-    assert "model.on_training_epoch_end(1)" not in calls
+    assert calls.count("model.on_training_epoch_end(1)") == 1
+    assert "model.on_training_epoch_end(2)" not in calls
 
 
 def test_gradient_accumulation_steps_once_per_n_batches() -> None:
@@ -108,7 +116,7 @@ def test_gradient_accumulation_steps_once_per_n_batches() -> None:
     model = CountingSteps()
     trainer = Trainer(total_steps=2, accumulation_steps=4, valid_frequency=None, seed=0)
     state = trainer.fit(model, BoringData(n_train=64, batch_size=8))  # 8 batches per epoch
-    assert (state.dataset_iter, state.global_iteration, model.steps) == (16, 4, 4)
+    assert (state.global_iteration, state.current_iteration, model.steps) == (16, 4, 4)
 
 
 def test_gradient_accumulation_matches_a_larger_batch() -> None:
@@ -200,6 +208,30 @@ def test_checkpoints_keep_last_n_plus_best(tmp_path: Path) -> None:
     assert saved["training_state"]["global_epoch"] == 6
 
 
+def test_best_is_a_validated_checkpoint_never_a_later_one(tmp_path: Path) -> None:
+    # Validation every 2 epochs, checkpoints every epoch: the one after the improving
+    # validation trained on unvalidated and must not take the best's place.
+    class BestAtFirstCycle(BoringModel):
+        def have_metrics_improved(self) -> bool:
+            return self.trainer.state.validation_cycles == 1
+
+    trainer = Trainer(
+        total_steps=5,
+        valid_frequency=2,
+        chkpt_frequency=1,
+        chkpt_root=tmp_path,
+        keep_last_checkpoints=1,
+        seed=0,
+    )
+    state = trainer.fit(BestAtFirstCycle(), BoringData())
+    names = [p.name for p in find_checkpoints(tmp_path, "boring")]
+    assert names == [
+        "boring_epoch00002_iter0000000016.pth",  # validated and improved: the best
+        "boring_epoch00005_iter0000000040.pth",  # the last
+    ]
+    assert state.best_checkpoint == names[0]
+
+
 def _uninterrupted(tmp_path: Path, **kwargs: object) -> BoringModel:
     model = BoringModel()
     Trainer(chkpt_root=tmp_path / "straight", seed=7, **kwargs).fit(  # type: ignore[arg-type]
@@ -249,6 +281,36 @@ def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path: Path) -> None:
 
     assert resumed.batches_seen == 20 - 12
     assert state.global_iteration == 20
+    for a, b in zip(resumed.weights(), reference.weights(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_checkpoint_of_the_earlier_format_resumes_mid_epoch(tmp_path: Path) -> None:
+    kwargs = {"total_steps": 20, "train_unit": TrainingUnit.ITERATION, "chkpt_frequency": 3}
+    reference = _uninterrupted(tmp_path, **kwargs)
+    root = tmp_path / "old"
+    with pytest.raises(RuntimeError):
+        Trainer(chkpt_root=root, seed=7, **kwargs).fit(  # type: ignore[arg-type]
+            BoringModel(fail_at=14), BoringData()
+        )
+    path = find_checkpoints(root, "boring")[-1]  # iteration 12: epoch 2, 4 batches into it
+    saved = torch.load(path, weights_only=True)
+    new = saved["training_state"]
+    assert (new["global_epoch"], new["dataset_iter"], new["current_iteration"]) == (2, 4, 12)
+    # Format 1 counted epochs completed, batches in the epoch, steps, batches in total.
+    saved["format"] = 1
+    saved["training_state"] = {
+        **{k: v for k, v in new.items() if k not in ("average_iter_time", "running_iter")},
+        "global_epoch": 1,
+        "current_iteration": 4,
+        "global_iteration": 12,
+        "dataset_iter": 12,
+    }
+    torch.save(saved, path)
+    resumed = BoringModel()
+    state = Trainer(chkpt_root=root, seed=7, **kwargs).fit(resumed, BoringData())  # type: ignore[arg-type]
+    assert resumed.batches_seen == 20 - 12
+    assert (state.current_iteration, state.global_iteration) == (20, 20)
     for a, b in zip(resumed.weights(), reference.weights(), strict=True):
         assert torch.equal(a, b)
 

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from service.db import optuna_storage
 from service.settings import Settings
+from tests.specs import synthetic
 
 
 def _run_trials(settings: Settings, name: str, n: int) -> optuna.Study:
@@ -33,11 +34,10 @@ def _run_trials(settings: Settings, name: str, n: int) -> optuna.Study:
 def test_study_summary_counts_and_best(client: TestClient, settings: Settings) -> None:
     client.post(
         "/studies",
-        json={
-            "name": "s",
-            "task": "synthetic",
-            "sampler": {"name": "RandomSampler", "args": {"seed": 0}},
-        },
+        json=synthetic(
+            "s",
+            sampler={"name": "RandomSampler", "args": {"seed": 0}},
+        ),
     )
     study = _run_trials(settings, "s", 12)
     summary = client.get("/studies/s").json()
@@ -50,7 +50,7 @@ def test_study_summary_counts_and_best(client: TestClient, settings: Settings) -
 
 
 def test_trials_page_filter_and_fields(client: TestClient, settings: Settings) -> None:
-    client.post("/studies", json={"name": "t", "task": "synthetic"})
+    client.post("/studies", json=synthetic("t"))
     study = _run_trials(settings, "t", 10)
     page = client.get("/studies/t/trials?limit=4&offset=2").json()
     assert page["total"] == 10
@@ -76,14 +76,13 @@ def test_trials_page_filter_and_fields(client: TestClient, settings: Settings) -
 
 
 def test_pareto_front_of_a_multi_objective_study(client: TestClient, settings: Settings) -> None:
-    spec = {
-        "name": "mo",
-        "task": "synthetic",
-        "objectives": [
+    spec = synthetic(
+        "mo",
+        objectives=[
             {"metric": "loss", "direction": "minimize"},
             {"metric": "score", "direction": "maximize"},
         ],
-    }
+    )
     assert client.post("/studies", json=spec).status_code == 201
     study = optuna.load_study(study_name="mo", storage=optuna_storage(settings.database_url))
 
@@ -102,13 +101,13 @@ def test_pareto_front_of_a_multi_objective_study(client: TestClient, settings: S
 
 
 def test_best_of_a_study_without_trials_is_empty(client: TestClient) -> None:
-    client.post("/studies", json={"name": "empty", "task": "synthetic"})
+    client.post("/studies", json=synthetic("empty"))
     assert client.get("/studies/empty/best").json() == {"directions": ["minimize"], "trials": []}
     assert client.get("/studies/empty").json()["best_value"] is None
 
 
 def test_infinite_values_are_null_not_500(client: TestClient, settings: Settings) -> None:
-    client.post("/studies", json={"name": "inf", "task": "synthetic"})
+    client.post("/studies", json=synthetic("inf"))
     study = optuna.load_study(study_name="inf", storage=optuna_storage(settings.database_url))
 
     def objective(trial: optuna.Trial) -> float:
@@ -127,7 +126,7 @@ def test_infinite_values_are_null_not_500(client: TestClient, settings: Settings
 def test_intermediate_values_in_step_order_with_nan_as_null(
     client: TestClient, settings: Settings
 ) -> None:
-    client.post("/studies", json={"name": "steps", "task": "synthetic"})
+    client.post("/studies", json=synthetic("steps"))
     study = optuna.load_study(study_name="steps", storage=optuna_storage(settings.database_url))
 
     def objective(trial: optuna.Trial) -> float:
@@ -151,7 +150,7 @@ def test_reads_of_a_study_whose_optuna_study_is_gone_or_foreign(
     client: TestClient, settings: Settings
 ) -> None:
     storage = optuna_storage(settings.database_url)
-    client.post("/studies", json={"name": "gone", "task": "synthetic"})
+    client.post("/studies", json=synthetic("gone"))
     optuna.delete_study(study_name="gone", storage=storage)
     # An Optuna study the service did not create is not one of its studies.
     optuna.create_study(study_name="foreign", storage=storage)
@@ -166,7 +165,7 @@ def test_reads_of_a_study_whose_optuna_study_is_gone_or_foreign(
 
 def test_list_studies_newest_first_paginated(client: TestClient) -> None:
     for name in ("a", "b", "c"):
-        assert client.post("/studies", json={"name": name, "task": "synthetic"}).status_code == 201
+        assert client.post("/studies", json=synthetic(name)).status_code == 201
     page = client.get("/studies?limit=2").json()
     assert page["total"] == 3
     assert [s["name"] for s in page["items"]] == ["c", "b"]
@@ -174,7 +173,7 @@ def test_list_studies_newest_first_paginated(client: TestClient) -> None:
 
 
 def test_stop_study_then_stop_again_is_409(client: TestClient) -> None:
-    client.post("/studies", json={"name": "halt", "task": "synthetic"})
+    client.post("/studies", json=synthetic("halt"))
     stopped = client.post("/studies/halt/stop")
     assert stopped.status_code == 200
     assert stopped.json()["status"] == "stopped"
@@ -186,7 +185,7 @@ def test_stop_study_then_stop_again_is_409(client: TestClient) -> None:
 
 def test_timestamps_are_utc_with_their_offset(client: TestClient, settings: Settings) -> None:
     before = dt.datetime.now(dt.UTC)
-    client.post("/studies", json={"name": "when", "task": "synthetic"})
+    client.post("/studies", json=synthetic("when"))
     _run_trials(settings, "when", 1)
     stopped = client.post("/studies/when/stop").json()
     listed = client.get("/studies").json()["items"][0]

@@ -1,20 +1,26 @@
-"""The Docker launcher without a Docker engine: container specs, settings, spec checks,
-and what a study does when its Docker host cannot be reached."""
+"""The Docker launcher without a Docker engine: container specs (GPU device requests
+included, which need the NVIDIA runtime no engine here has), settings, spec checks, and
+what a study does when its Docker host cannot be reached. Real containers:
+tests/e2e/test_docker_engine.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from service.api import create_app
 from service.cli import _parser
-from service.launchers.docker import LABEL, container_spec, docker_launcher, instance_label
+from service.launchers.base import LOST, UNREACHABLE, instance_label
+from service.launchers.docker import LABEL, container_spec, docker_launcher
 from service.launchers.gpus import Lease
-from service.settings import DockerHost, Settings
+from service.settings import DockerHost, DockerSettings, Settings
+from tests.dockerd import WORKER_IMAGE, Dockerd
+from tests.specs import synthetic
 from tests.support import wait_for
 
 WORKER_ENTRYPOINT = ["helios-hpo", "worker"]  # docker/worker.Dockerfile
@@ -52,6 +58,26 @@ def test_a_container_gets_exactly_its_leased_gpus() -> None:
     assert _spec(Lease("gpu1", ()))["device_requests"] == []
 
 
+def test_hosts_whose_runtime_is_nvidia_get_the_gpus_by_environment() -> None:
+    spec = container_spec(
+        study="s", worker_id=1, lease=Lease("gpu1", (1, 3)), image="i", instance="x",
+        database_url="sqlite:///x.db", env={}, volumes=[], network=None, gpu_devices="env",
+    )  # fmt: skip
+    assert spec["device_requests"] == []
+    assert spec["environment"]["NVIDIA_VISIBLE_DEVICES"] == "1,3"
+    assert spec["labels"][f"{LABEL}.gpus"] == "1,3"
+    assert "user" not in spec  # the image's own user
+
+
+def test_containers_may_run_as_the_services_user() -> None:
+    spec = container_spec(
+        study="s", worker_id=1, lease=Lease("h", ()), image="i", instance="x",
+        database_url="sqlite:////srv/hpo.db", env={}, volumes=["/srv:/srv"], network=None,
+        user="1000:1000",
+    )  # fmt: skip
+    assert spec["user"] == "1000:1000"
+
+
 def test_the_container_runs_a_real_worker_command_without_secrets_in_it() -> None:
     spec = _spec(Lease("gpu1", (0,)), network="hpo")
     command = spec["command"]
@@ -77,8 +103,10 @@ def test_docker_hosts_come_from_json_settings(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("HELIOS_HPO_DOCKER_HOSTS", json.dumps(hosts))
     monkeypatch.setenv("HELIOS_HPO_DOCKER_IMAGES", '["my-team/worker:3"]')
     settings = Settings()
-    assert [h.name for h in settings.docker_hosts] == ["gpu1", "gpu2"]
+    assert [h.name for h in settings.docker.hosts] == ["gpu1", "gpu2"]
+    assert settings.docker.images == ["my-team/worker:3"]
     launcher = docker_launcher(settings)
+    assert launcher is not None
     assert launcher.scheduler.capacity() == 4
     assert launcher.instance == instance_label(settings.database_url)
     with pytest.raises(ValueError, match="unix://, tcp:// or ssh://"):
@@ -88,12 +116,11 @@ def test_docker_hosts_come_from_json_settings(monkeypatch: pytest.MonkeyPatch) -
 @pytest.fixture
 def docker_settings(settings: Settings, tmp_path: Path) -> Settings:
     """A service whose one Docker host is a socket nothing listens on."""
+    host = DockerHost(name="gone", url=f"unix://{tmp_path / 'docker.sock'}", gpus=[0, 1])
     return settings.model_copy(
         update={
-            "docker_hosts": [
-                DockerHost(name="gone", url=f"unix://{tmp_path / 'docker.sock'}", gpus=[0, 1])
-            ],
-            "docker_images": ["my-team/worker:3"],
+            "docker": DockerSettings(hosts=[host], images=["my-team/worker:3"]),
+            "launcher_outage_s": 3.0,
         }
     )
 
@@ -110,7 +137,7 @@ def test_bad_container_specs_are_refused(
     docker_settings: Settings, workers: dict[str, object], field: str, reason: str
 ) -> None:
     with TestClient(create_app(docker_settings, supervise=False)) as client:
-        spec = {"name": "boxed", "task": "synthetic", "workers": workers}
+        spec = synthetic("boxed", workers=workers)
         response = client.post("/studies", json=spec)
         assert response.status_code == 422, response.text
         (error,) = response.json()["errors"]
@@ -120,7 +147,7 @@ def test_bad_container_specs_are_refused(
 
 
 def test_docker_workers_need_docker_hosts(client: TestClient) -> None:
-    spec = {"name": "boxed", "task": "synthetic", "workers": {"launcher": "docker"}}
+    spec = synthetic("boxed", launcher="docker")
     response = client.post("/studies", json=spec)
     assert response.status_code == 422
     (error,) = response.json()["errors"]
@@ -128,15 +155,16 @@ def test_docker_workers_need_docker_hosts(client: TestClient) -> None:
     assert "HELIOS_HPO_DOCKER_HOSTS" in error["message"]
 
 
-def test_an_unreachable_docker_host_fails_the_study_with_the_reason(
+def test_an_unreachable_docker_host_fails_the_study_once_the_outage_lasts(
     docker_settings: Settings,
 ) -> None:
-    spec = {
-        "name": "no-engine",
-        "task": "synthetic",
-        "max_restarts": 1,
-        "workers": {"launcher": "docker", "gpus_per_worker": 1, "image": "my-team/worker:3"},
-    }
+    spec = synthetic(
+        "no-engine",
+        max_restarts=1,
+        launcher="docker",
+        gpus_per_worker=1,
+        image="my-team/worker:3",
+    )
     with TestClient(create_app(docker_settings)) as client:
         assert client.post("/studies", json=spec).status_code == 201
         study = wait_for(
@@ -144,60 +172,57 @@ def test_an_unreachable_docker_host_fails_the_study_with_the_reason(
             30,
             "the study to fail",
         )
-        assert "could not start a docker worker on gone" in study["status_reason"]
+        reason = study["status_reason"]
+        assert "their host stayed unreachable (launcher_outage_s=3)" in reason
+        assert "could not start a docker worker on gone" in reason
         workers = client.get("/studies/no-engine/workers").json()
-        assert len(workers) == 2  # the first try and one restart, 1 s apart
-        assert {w["state"] for w in workers} == {"failed"}
+        # Not failed at the second try, as a crash loop would be: once the outage lasted.
+        lasted = int(reason.split("could not be started for ")[1].split(" s")[0])
+        assert lasted >= 3
+        assert len(workers) >= 2
+        assert {(w["state"], w["exit_code"]) for w in workers} == {("failed", UNREACHABLE)}
         assert all(len(w["gpus"]) == 1 for w in workers)
         logs = client.get(f"/workers/{workers[0]['id']}/logs").json()
         assert "could not start a docker worker on gone" in logs["lines"][0]
 
 
 @pytest.mark.docker
-@pytest.mark.postgres
-def test_a_study_trains_in_containers_on_a_real_engine(settings: Settings) -> None:
-    """Runs where DOCKER_HOST reaches an engine that has the worker image
-    (HELIOS_HPO_TEST_DOCKER_IMAGE, default helios-hpo-worker:0.1.0) and the
-    containers reach the test database over the host network."""
-    import docker.errors
-
-    import docker
-
-    url = os.environ.get("DOCKER_HOST", "")
-    image = os.environ.get("HELIOS_HPO_TEST_DOCKER_IMAGE", "helios-hpo-worker:0.1.0")
-    if not url or settings.database_url.startswith("sqlite"):
-        pytest.skip("no Docker engine (DOCKER_HOST) or no PostgreSQL to share with containers")
-    try:
-        engine = docker.DockerClient(base_url=url)
-        engine.images.get(image)
-    except docker.errors.DockerException as exc:
-        pytest.skip(f"Docker engine at {url} or image {image} not available: {exc}")
-    docker_settings = settings.model_copy(
-        update={
-            "docker_hosts": [DockerHost(name="engine", url=url, gpus=[])],
-            "docker_image": image,
-            "docker_network": "host",
-            "docker_volumes": [],
-        }
+def test_a_container_removed_while_its_log_is_read_reads_as_gone(
+    settings: Settings, tmp_path: Path, docker_engine: Dockerd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The route looked the container up, then read its log: removed in between (its
+    # worker ended), the read raised inside the response.
+    client = docker_engine.client()
+    host = DockerHost(name="a", url=docker_engine.url, gpus=[])
+    launcher = docker_launcher(
+        settings.model_copy(update={"docker": DockerSettings(hosts=[host])}), lambda _: client
     )
-    spec = {
-        "name": "in-containers",
-        "task": "synthetic",
-        "n_trials": 6,
-        "workers": {"count": 2, "launcher": "docker"},
-    }
-    with TestClient(create_app(docker_settings)) as client:
-        assert client.post("/studies", json=spec).status_code == 201
-        study = wait_for(
-            lambda: (s := client.get("/studies/in-containers").json())["status"] != "running" and s,
-            300,
-            "the study to finish",
-        )
-        assert study["status"] == "finished", study["status_reason"]
-        assert study["counts"]["COMPLETE"] + study["counts"]["PRUNED"] == 6
-        workers = client.get("/studies/in-containers/workers").json()
-        assert {w["launcher"] for w in workers} == {"docker"}
-        logs = client.get(f"/workers/{workers[0]['id']}/logs?tail=200").json()
-        assert any("trial complete" in line or "trial pruned" in line for line in logs["lines"])
-    label = f"{LABEL}.study=in-containers"
-    assert engine.containers.list(all=True, filters={"label": label}) == []  # removed
+    assert launcher is not None
+    container = client.containers.run(
+        WORKER_IMAGE,
+        entrypoint=["sleep", "60"],
+        labels={f"{LABEL}.instance": launcher.instance},
+        network_mode="none",
+        detach=True,
+    )
+    ref = f"a/{container.id}"
+    try:
+        assert launcher.log_lines(ref) == []
+        from docker.models.containers import ContainerCollection
+
+        looked_up = ContainerCollection.get
+
+        def removed_once_looked_up(self: ContainerCollection, container_id: str) -> Any:
+            found = looked_up(self, container_id)
+            found.remove(force=True)
+            return found
+
+        monkeypatch.setattr(ContainerCollection, "get", removed_once_looked_up)
+        assert launcher.log_lines(ref) is None  # gone: its log is read from the kept file
+        launcher.stop(ref)  # nothing to stop: no error
+        monkeypatch.undo()
+        assert launcher.exit_code(ref) == LOST
+        launcher.forget(ref, tmp_path / "kept.log")  # nothing to keep: no error
+    finally:
+        with contextlib.suppress(Exception):
+            container.remove(force=True)

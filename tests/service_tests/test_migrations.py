@@ -35,7 +35,7 @@ def _scalar(url: str, sql: str) -> object:
 def test_upgrade_on_an_empty_database(database_url: str) -> None:
     upgrade(database_url)
     assert _tables(database_url) == HPO_TABLES
-    assert _scalar(database_url, "SELECT version_num FROM hpo_alembic_version") == "0002"
+    assert _scalar(database_url, "SELECT version_num FROM hpo_alembic_version") == "0004"
     upgrade(database_url)  # idempotent
     assert _tables(database_url) == HPO_TABLES
 
@@ -91,3 +91,35 @@ def test_downgrade_removes_only_our_tables(database_url: str) -> None:
     remaining = _tables(database_url)
     assert not (remaining & {"hpo_studies", "hpo_workers"})
     assert {"studies", "trials", "alembic_version"} <= remaining
+
+
+def test_worker_pids_become_refs_and_back(database_url: str) -> None:
+    config = alembic_config(database_url)
+    command.upgrade(config, "0003")
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO hpo_studies (id, name, task, spec, status, created_at) "
+                    "VALUES (1, 'old', 'synthetic', '{}', 'running', CURRENT_TIMESTAMP)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO hpo_workers (id, study_id, launcher, host, pid, pid_start_time,"
+                    " gpus, state, log_path, started_at) VALUES "
+                    "(1, 1, 'local', 'box', 4242, 917.0, '', 'running', '', CURRENT_TIMESTAMP),"
+                    "(2, 1, 'docker', 'gpu1', 77, NULL, '0', 'running', '', CURRENT_TIMESTAMP)"
+                )
+            )
+        command.upgrade(config, "0004")
+        with engine.connect() as conn:
+            refs = conn.execute(text("SELECT id, ref FROM hpo_workers ORDER BY id")).all()
+        assert [tuple(r) for r in refs] == [(1, "box:4242:917"), (2, "gpu1/helios-hpo-old-2")]
+        command.downgrade(config, "0003")
+        with engine.connect() as conn:
+            started = conn.execute(text("SELECT pid_start_time FROM hpo_workers ORDER BY id"))
+            assert [value for (value,) in started] == [917.0, None]
+    finally:
+        engine.dispose()

@@ -13,11 +13,12 @@ from fastapi.testclient import TestClient
 from service.api import create_app
 from service.dashboard import start_dashboard
 from service.settings import Settings
+from tests.specs import synthetic
 from tests.support import free_port, run_serve
 
 READ = "read-token-0123456789abcdef"
 WRITE = "write-token-0123456789abcdef"
-SPEC = {"name": "guarded", "task": "synthetic"}
+SPEC = synthetic("guarded")
 
 
 @pytest.fixture

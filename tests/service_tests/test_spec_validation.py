@@ -8,11 +8,12 @@ from typing import Any
 import optuna
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from service.db import make_engine, optuna_storage
 from service.models import StudyRow, WorkerRow
 from service.settings import Settings
+from tests.specs import synthetic
 
 GOOD: dict[str, Any] = {
     "name": "digits-demo",
@@ -226,6 +227,95 @@ BAD = [
     pytest.param(
         _with("surprise", True), "surprise", "Extra inputs are not permitted", id="unknown-field"
     ),
+    # Strict types: a boolean or a numeric string is not a number.
+    pytest.param(_with("n_trials", True), "n_trials", "valid integer", id="n_trials-true"),
+    pytest.param(_with("n_trials", "5"), "n_trials", "valid integer", id="n_trials-string"),
+    pytest.param(_with("n_trials", 5.0), "n_trials", "valid integer", id="n_trials-float"),
+    pytest.param(_with("timeout_s", True), "timeout_s", "valid number", id="timeout-true"),
+    pytest.param(_with("max_retries", "1"), "max_retries", "valid integer", id="retries-str"),
+    pytest.param(
+        _with("workers.count", True), "workers.count", "valid integer", id="workers-count-true"
+    ),
+    pytest.param(
+        _with("search_space.hidden.low", True),
+        "search_space.hidden.low",
+        "valid integer",
+        id="int-low-true",
+    ),
+    pytest.param(
+        _with("search_space.lr.log", 1), "search_space.lr.log", "valid boolean", id="log-one"
+    ),
+    # Bounds whose span or grid overflows.
+    pytest.param(
+        _with("search_space.dropout", {"type": "float", "low": 0, "high": 1e308, "step": 1e-300}),
+        "search_space.dropout",
+        "more than 2**53 values",
+        id="float-grid-overflow",
+    ),
+    pytest.param(
+        _with("search_space.dropout", {"type": "float", "low": -1.7e308, "high": 1.7e308}),
+        "search_space.dropout",
+        "high - low overflows",
+        id="float-span-overflow",
+    ),
+    pytest.param(
+        _with("search_space.hidden", {"type": "int", "low": 0, "high": 2**60}),
+        "search_space.hidden",
+        "within -2**53 and 2**53",
+        id="int-beyond-float",
+    ),
+    pytest.param(
+        _with("objectives", [{"metric": "accuracy", "direction": "maximize"}] * 2),
+        "objectives",
+        "distinct metrics",
+        id="duplicate-objectives",
+    ),
+    # Specs that could never run.
+    pytest.param(_with("task_args", {"epochs": 0}), "task_args.epochs", ">= 1", id="zero-epochs"),
+    pytest.param(
+        _with("task_args", {"valid_fraction": 1.5}),
+        "task_args.valid_fraction",
+        "<= 0.95",
+        id="valid-fraction",
+    ),
+    pytest.param(
+        _with("sampler", {"name": "TPESampler", "args": {"n_startup_trials": "a"}}),
+        "sampler.args.n_startup_trials",
+        "n_startup_trials must be int, got 'a'",
+        id="sampler-arg-type",
+    ),
+    pytest.param(
+        _with("pruner", {"name": "MedianPruner", "args": {"n_warmup_steps": 1.5}}),
+        "pruner.args.n_warmup_steps",
+        "must be int",
+        id="pruner-arg-type",
+    ),
+    pytest.param(
+        _with("sampler", {"name": "GridSampler", "args": {"search_space": {"lr": [0.01]}}}),
+        "sampler.args.search_space",
+        "the grid has no values for ['batch_size', 'dropout', 'hidden', 'optimizer']",
+        id="grid-missing-parameter",
+    ),
+    pytest.param(
+        _with(
+            "sampler",
+            {
+                "name": "GridSampler",
+                "args": {
+                    "search_space": {
+                        "lr": [0.01, 0.9],
+                        "hidden": [16],
+                        "dropout": [0.1],
+                        "optimizer": ["adam"],
+                        "batch_size": [32],
+                    }
+                },
+            },
+        ),
+        "sampler.args.search_space.lr.1",
+        "0.9 is outside [1e-05, 0.3]",
+        id="grid-value-outside",
+    ),
     pytest.param(
         _with("search_space.momentum", {"type": "float", "low": 0.0, "high": 0.99}),
         "search_space.momentum",
@@ -260,7 +350,7 @@ def test_bad_spec_is_422_naming_the_field(
 
 
 def test_good_spec_is_created_with_defaults_filled(client: TestClient) -> None:
-    response = client.post("/studies", json={"name": "defaults", "task": "synthetic"})
+    response = client.post("/studies", json=synthetic("defaults"))
     assert response.status_code == 201, response.text
     study = response.json()
     spec = study["spec"]
@@ -332,19 +422,123 @@ def test_stop_unknown_study_is_404(client: TestClient) -> None:
     assert client.post("/studies/nope/stop").status_code == 404
 
 
-def test_malformed_json_is_422_not_500(client: TestClient, settings: Settings) -> None:
+def test_malformed_json_is_400_naming_the_body(client: TestClient, settings: Settings) -> None:
     response = client.post(
-        "/studies", content=b"{not json", headers={"content-type": "application/json"}
+        "/studies", content=b'{"name": "x",\n "task"', headers={"content-type": "application/json"}
     )
-    assert response.status_code == 422
-    assert response.json()["code"] == "invalid_request"
+    assert response.status_code == 400
+    body = response.json()
+    assert body["code"] == "invalid_json"
+    assert body["errors"] == [{"field": "body", "message": body["detail"]}]
+    assert body["detail"].startswith("the body is not valid JSON: ")
+    assert body["detail"].endswith("Expecting ':' delimiter at byte 21")  # the body's end
     _nothing_written(settings)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", None, "application/x-www-form-urlencoded"])
+def test_a_body_not_sent_as_json_is_415_naming_the_type(
+    client: TestClient, settings: Settings, content_type: str | None
+) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    body = b'{"name": "x", "task": "synthetic"}'
+    response = client.post("/studies", content=body, headers=headers)
+    assert response.status_code == 415
+    assert response.json()["code"] == "unsupported_media_type"
+    sent_as = f"'{content_type}'" if content_type else "no Content-Type"
+    assert response.json()["detail"] == (
+        f"send the body as JSON with 'Content-Type: application/json' (got {sent_as})"
+    )
+    _nothing_written(settings)
+    sent = client.post("/studies", content=body, headers={"content-type": "application/json"})
+    assert sent.status_code == 201
+
+
+@pytest.mark.parametrize(
+    "path", ["/studies/a%00b", "/studies/a%00b/trials", "/studies/a%00b/workers", "/studies/.x"]
+)
+def test_a_name_no_study_can_have_is_422_naming_it(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 422
+    assert [e["field"] for e in response.json()["errors"]] == ["name"]
+    assert client.delete(path.removesuffix("/trials").removesuffix("/workers")).status_code == 422
 
 
 @pytest.mark.parametrize("query", ["limit=0", "limit=1001", "offset=-1", "state=DONE"])
 def test_bad_query_parameters_are_422(client: TestClient, query: str) -> None:
-    client.post("/studies", json={"name": "q", "task": "synthetic"})
+    client.post("/studies", json=synthetic("q"))
     path = "/studies/q/trials" if "state" in query else "/studies"
     response = client.get(f"{path}?{query}")
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] in ("limit", "offset", "state")
+
+
+def test_synthetic_task_args_are_checked_against_their_ranges(client: TestClient) -> None:
+    for args, field, reason in (
+        ({"sleep_s": -1.0}, "task_args.sleep_s", "must be >= 0.0"),
+        ({"batches_per_epoch": 0}, "task_args.batches_per_epoch", "must be >= 1"),
+        ({"exit_code": 256}, "task_args.exit_code", "must be <= 255"),
+        ({"epochs": True}, "task_args.epochs", "must be int"),
+    ):
+        response = client.post("/studies", json=synthetic("s", task_args=args))
+        assert response.status_code == 422, args
+        assert {e["field"]: e["message"] for e in response.json()["errors"]}[field].startswith(
+            reason
+        ), response.json()
+    assert client.get("/studies/s").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"n_trials": True}, "n_trials"),
+        ({"n_trials": "30"}, "n_trials"),
+        ({"workers": {"count": True}}, "workers.count"),
+        ({"timeout_s": "60"}, "timeout_s"),
+        ({"max_restarts": True}, "max_restarts"),
+        ({"max_retries": -1}, "max_retries"),
+    ],
+)
+def test_patch_takes_strict_types(client: TestClient, patch: dict[str, Any], field: str) -> None:
+    assert client.post("/studies", json=synthetic("p")).status_code == 201
+    response = client.patch("/studies/p", json=patch)
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == [field]
+    spec = client.get("/studies/p").json()["spec"]
+    assert (spec["n_trials"], spec["workers"]["count"], spec["timeout_s"]) == (20, 1, None)
+    assert (spec["max_restarts"], spec["max_retries"]) == (3, 2)
+
+
+def test_patch_changes_the_limits(client: TestClient) -> None:
+    assert client.post("/studies", json=synthetic("p")).status_code == 201
+    patch = {"max_restarts": 10, "max_failed_trials": None, "max_retries": 0, "n_trials": 30}
+    response = client.patch("/studies/p", json=patch)
+    assert response.status_code == 200, response.text
+    spec = client.get("/studies/p").json()["spec"]
+    assert {k: spec[k] for k in patch} == patch
+    assert spec["workers"]["count"] == 1  # untouched fields stay
+
+
+def test_enqueueing_into_a_finished_study_is_409(client: TestClient, settings: Settings) -> None:
+    spec = synthetic("done", n_trials=1)
+    assert client.post("/studies", json=spec).status_code == 201
+    study = optuna.load_study(study_name="done", storage=optuna_storage(settings.database_url))
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"x": 0.0, "y": 0},
+            distributions={
+                "x": optuna.distributions.FloatDistribution(-10, 10),
+                "y": optuna.distributions.IntDistribution(-10, 10),
+            },
+            value=1.0,
+        )
+    )
+    engine = make_engine(settings.database_url)
+    with engine.begin() as conn:  # what the supervisor writes when the budget is spent
+        conn.execute(update(StudyRow).values(status="finished"))
+    engine.dispose()
+    response = client.post("/studies/done/trials", json={"trials": [{"x": 1.0}]})
+    assert response.status_code == 409
+    assert "raise n_trials" in response.json()["detail"]
+    assert client.get("/studies/done").json()["counts"]["WAITING"] == 0
+    assert client.patch("/studies/done", json={"n_trials": 2}).json()["status"] == "running"
+    assert client.post("/studies/done/trials", json={"trials": [{"x": 1.0}]}).status_code == 201

@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from service import trial_stats
 from service.db import optuna_storage
 from service.settings import Settings
+from tests.specs import synthetic
 
 STATES = ("RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL")
 
@@ -48,7 +49,7 @@ def test_counts_and_best_follow_every_change(
 ) -> None:
     """Trials asked, enqueued, told (complete, pruned, failed, ties) in a random order."""
     objectives = [{"metric": "loss", "direction": direction}]
-    spec = {"name": "s", "task": "synthetic", "objectives": objectives}
+    spec = synthetic("s", objectives=objectives)
     client.post("/studies", json=spec).raise_for_status()
     study = optuna.load_study(study_name="s", storage=optuna_storage(settings.database_url))
     rng = random.Random(7)  # noqa: S311 (test data)
@@ -80,14 +81,14 @@ def test_a_study_created_again_under_its_name_counts_afresh(
 ) -> None:
     """SQLite reuses the ids of deleted rows; the new study must not inherit the old counts."""
     storage = optuna_storage(settings.database_url)
-    client.post("/studies", json={"name": "s", "task": "synthetic"}).raise_for_status()
+    client.post("/studies", json=synthetic("s")).raise_for_status()
     first = optuna.load_study(study_name="s", storage=storage)
     for value in (3.0, 1.0, 2.0):
         first.tell(first.ask(), value)
     _assert_reads_agree(client, first, "s")
     client.post("/studies/s/stop").raise_for_status()
     client.delete("/studies/s").raise_for_status()
-    client.post("/studies", json={"name": "s", "task": "synthetic"}).raise_for_status()
+    client.post("/studies", json=synthetic("s")).raise_for_status()
     second = optuna.load_study(study_name="s", storage=storage)
     second.tell(second.ask(), 5.0)
     second.ask()
@@ -98,7 +99,7 @@ def test_a_study_created_again_under_its_name_counts_afresh(
 def test_a_periodic_rebuild_reads_the_same(
     client: TestClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client.post("/studies", json={"name": "s", "task": "synthetic"}).raise_for_status()
+    client.post("/studies", json=synthetic("s")).raise_for_status()
     study = optuna.load_study(study_name="s", storage=optuna_storage(settings.database_url))
     for value in (4.0, 2.0):
         study.tell(study.ask(), value)

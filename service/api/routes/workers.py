@@ -10,12 +10,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi import Path as FastApiPath
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from service import studies
-from service.api.deps import DatabaseDep
+from service.api.deps import DatabaseDep, StudyName
 from service.db import session_scope
-from service.logs import ContainerLines, FileLines, log_tail, of_trial
-from service.models import WorkerState
+from service.logs import FileLines, LauncherLines, log_tail, of_trial
+from service.models import WorkerRow
 from service.schemas import ErrorBody, LogRead, WorkerRead
 
 router = APIRouter(tags=["workers"])
@@ -25,7 +27,7 @@ _POLL_S = 0.25
 
 
 @router.get("/studies/{name}/workers", response_model=list[WorkerRead], responses=_ERRORS)
-async def list_workers(name: str, db: DatabaseDep) -> list[WorkerRead]:
+async def list_workers(name: StudyName, db: DatabaseDep) -> list[WorkerRead]:
     """A study's workers: launcher, host, pid, GPUs, state and exit code."""
     return await db.run(studies.list_workers, name)
 
@@ -46,18 +48,18 @@ async def worker_logs(
     """The last ``tail`` lines of a worker's log; ``follow=true`` streams new lines."""
     worker = await db.run(studies.get_worker, worker_id)
     path = Path(worker.log_path)
-    # A running container's log comes from the Docker API; an ended one's was kept in a file.
-    docker = request.app.state.docker if worker.launcher == "docker" else None
+    # A live container's log comes through its launcher; other logs are files.
+    launcher = request.app.state.launchers.get(worker.launcher)
     new_lines: Callable[[bool], list[str]]
-    if docker is not None and worker.state == WorkerState.RUNNING:
-        new_lines = ContainerLines(docker, worker_id, path)
+    if launcher is not None and worker.live and worker.ref is not None:
+        new_lines = LauncherLines(launcher, worker.ref, path)
     elif follow:
         new_lines = FileLines(path)
     else:  # the file's last lines, without holding all of it
-        lines = await asyncio.to_thread(log_tail, path, tail if trial is None else 1_000_000)
+        lines = await run_in_threadpool(log_tail, path, tail if trial is None else 1_000_000)
         return LogRead(worker=worker_id, state=worker.state, lines=of_trial(lines, trial)[-tail:])
-    if not follow:  # a running container's log so far
-        lines = await asyncio.to_thread(new_lines, False)
+    if not follow:  # a live worker's log so far
+        lines = await run_in_threadpool(new_lines, False)
         return LogRead(worker=worker_id, state=worker.state, lines=of_trial(lines, trial)[-tail:])
     return StreamingResponse(
         _follow(new_lines, worker_id, request.app.state.sessions, trial, tail),
@@ -69,15 +71,19 @@ async def worker_logs(
 async def _follow(
     new_lines: Callable[[bool], list[str]],
     worker_id: int,
-    sessions: Any,
+    sessions: sessionmaker[Session],
     trial: int | None,
     tail: int,
 ) -> AsyncIterator[str]:
-    """Send the last lines, then each new line, until the worker has ended and all is sent."""
+    """Send the last lines, then each new line, until the worker has ended and all is sent.
+
+    File reads and database reads run in the API's thread pool, bounded by
+    HELIOS_HPO_API_THREADS like every other request's.
+    """
     first = True
     while True:
-        ended = await asyncio.to_thread(_worker_ended, sessions, worker_id)
-        lines = of_trial(await asyncio.to_thread(new_lines, ended), trial)
+        ended = await run_in_threadpool(_worker_ended, sessions, worker_id)
+        lines = of_trial(await run_in_threadpool(new_lines, ended), trial)
         for line in lines[-tail:] if first else lines:
             yield f"data: {line}\n\n"
         first = False
@@ -87,7 +93,8 @@ async def _follow(
         await asyncio.sleep(_POLL_S)
 
 
-def _worker_ended(sessions: Any, worker_id: int) -> bool:
+def _worker_ended(sessions: sessionmaker[Session], worker_id: int) -> bool:
+    """Whether the worker ended; a worker deleted with its study has ended too."""
     with session_scope(sessions) as session:
-        worker = studies.get_worker(session, worker_id)
-        return bool(worker.state != WorkerState.RUNNING)
+        worker = session.get(WorkerRow, worker_id)
+        return worker is None or not worker.live

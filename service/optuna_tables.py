@@ -27,12 +27,14 @@ from sqlalchemy import (
     Text,
     bindparam,
     case,
+    exists,
     func,
     select,
 )
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.selectable import Exists
 
 from service.models import StudyRow
 from service.schemas import TrialRead
@@ -43,11 +45,15 @@ __all__ = [
     "TRIAL_STATES",
     "budget_used",
     "budget_used_query",
+    "has_retry",
     "optuna_study_id",
     "pareto_front",
     "reserved_trial",
+    "running_trials_names_query",
     "silent_running_trials",
     "study_directions",
+    "study_exists_query",
+    "study_name_query",
     "study_ref",
     "trial_counts",
     "trial_page",
@@ -62,10 +68,10 @@ _STATE = Enum("RUNNING", "COMPLETE", "PRUNED", "FAIL", "WAITING", name="trialsta
 _DIRECTION = Enum("NOT_SET", "MINIMIZE", "MAXIMIZE", name="studydirection")
 _VALUE_TYPE = Enum("FINITE", "INF_POS", "INF_NEG", name="trialvaluetype")
 _INTERMEDIATE_TYPE = Enum("FINITE", "INF_POS", "INF_NEG", "NAN", name="trialintermediatevaluetype")
-studies = Table(
+optuna_studies = Table(
     "studies", _optuna, Column("study_id", Integer, primary_key=True), Column("study_name", String)
 )
-study_directions_t = Table(
+optuna_study_directions = Table(
     "study_directions",
     _optuna,
     Column("study_direction_id", Integer, primary_key=True),
@@ -73,7 +79,7 @@ study_directions_t = Table(
     Column("study_id", Integer),
     Column("objective", Integer),
 )
-trials = Table(
+optuna_trials = Table(
     "trials",
     _optuna,
     Column("trial_id", Integer, primary_key=True),
@@ -83,7 +89,7 @@ trials = Table(
     Column("datetime_start", DateTime),
     Column("datetime_complete", DateTime),
 )
-trial_values = Table(
+optuna_trial_values = Table(
     "trial_values",
     _optuna,
     Column("trial_value_id", Integer, primary_key=True),
@@ -92,7 +98,7 @@ trial_values = Table(
     Column("value", Float),
     Column("value_type", _VALUE_TYPE),
 )
-trial_params = Table(
+optuna_trial_params = Table(
     "trial_params",
     _optuna,
     Column("param_id", Integer, primary_key=True),
@@ -101,7 +107,7 @@ trial_params = Table(
     Column("param_value", Float),
     Column("distribution_json", Text),
 )
-trial_intermediate_values = Table(
+optuna_trial_intermediate_values = Table(
     "trial_intermediate_values",
     _optuna,
     Column("trial_intermediate_value_id", Integer, primary_key=True),
@@ -111,7 +117,7 @@ trial_intermediate_values = Table(
     Column("intermediate_value_type", _INTERMEDIATE_TYPE),
 )
 
-trial_system_attributes = Table(
+optuna_trial_system_attributes = Table(
     "trial_system_attributes",
     _optuna,
     Column("trial_system_attribute_id", Integer, primary_key=True),
@@ -120,7 +126,7 @@ trial_system_attributes = Table(
     Column("value_json", Text),
 )
 
-trial_heartbeats = Table(
+optuna_trial_heartbeats = Table(
     "trial_heartbeats",
     _optuna,
     Column("trial_heartbeat_id", Integer, primary_key=True),
@@ -135,15 +141,17 @@ BUDGET_STATES = ("COMPLETE", "PRUNED", "RUNNING")
 
 def optuna_study_id(session: Session, name: str) -> int | None:
     """Optuna's id of the study named ``name``."""
-    return session.scalar(select(studies.c.study_id).where(studies.c.study_name == name))
+    return session.scalar(
+        select(optuna_studies.c.study_id).where(optuna_studies.c.study_name == name)
+    )
 
 
-def study_directions(session: Session, study_id: int) -> list[str]:
+def study_directions(session: Session, optuna_id: int) -> list[str]:
     """``["maximize", ...]`` in objective order."""
     rows = session.connection().execute(
-        select(study_directions_t.c.direction)
-        .where(study_directions_t.c.study_id == study_id)
-        .order_by(study_directions_t.c.objective)
+        select(optuna_study_directions.c.direction)
+        .where(optuna_study_directions.c.study_id == optuna_id)
+        .order_by(optuna_study_directions.c.objective)
     )
     return [direction.lower() for (direction,) in rows]
 
@@ -151,12 +159,12 @@ def study_directions(session: Session, study_id: int) -> list[str]:
 # Statements of the API's hot reads, built once: per request only parameters change.
 _hpo_studies = StudyRow.__table__
 _STUDY_REF = (
-    select(studies.c.study_id, study_directions_t.c.direction)
+    select(optuna_studies.c.study_id, optuna_study_directions.c.direction)
     .select_from(_hpo_studies)
-    .join(studies, studies.c.study_name == _hpo_studies.c.name)
-    .join(study_directions_t, study_directions_t.c.study_id == studies.c.study_id)
+    .join(optuna_studies, optuna_studies.c.study_name == _hpo_studies.c.name)
+    .join(optuna_study_directions, optuna_study_directions.c.study_id == optuna_studies.c.study_id)
     .where(_hpo_studies.c.name == bindparam("name"))
-    .order_by(study_directions_t.c.objective)
+    .order_by(optuna_study_directions.c.objective)
 )
 
 
@@ -169,107 +177,149 @@ def study_ref(session: Session, name: str) -> tuple[int, list[str]] | None:
 
 
 _COUNTS = (
-    select(trials.c.state, func.count())
-    .where(trials.c.study_id == bindparam("study_id"))
-    .group_by(trials.c.state)
+    select(optuna_trials.c.state, func.count())
+    .where(optuna_trials.c.study_id == bindparam("study_id"))
+    .group_by(optuna_trials.c.state)
 )
 
 
-def trial_counts(session: Session, study_id: int) -> dict[str, int]:
+def trial_counts(session: Session, optuna_id: int) -> dict[str, int]:
     """Number of trials per state (every state present, zeros included)."""
     counts = dict.fromkeys(TRIAL_STATES, 0)
-    for state, count in session.connection().execute(_COUNTS, {"study_id": study_id}):
+    for state, count in session.connection().execute(_COUNTS, {"study_id": optuna_id}):
         counts[state] = count
     return counts
 
 
-def budget_used_query(study_id: int) -> Select[int]:
+def budget_used_query(optuna_id: int) -> Select[int]:
     """A query counting the trials that count against ``n_trials``."""
     return (
         select(func.count())
-        .select_from(trials)
-        .where(trials.c.study_id == study_id, trials.c.state.in_(BUDGET_STATES))
+        .select_from(optuna_trials)
+        .where(optuna_trials.c.study_id == optuna_id, optuna_trials.c.state.in_(BUDGET_STATES))
     )
 
 
-def budget_used(session: Session, study_id: int) -> int:
+def study_name_query(optuna_id: int) -> Select[str]:
+    """The name of Optuna's study ``optuna_id``."""
+    return select(optuna_studies.c.study_name).where(optuna_studies.c.study_id == optuna_id)
+
+
+def running_trials_names_query() -> Select[str]:
+    """The names of Optuna's studies that have RUNNING trials."""
+    return (
+        select(optuna_studies.c.study_name)
+        .join(optuna_trials, optuna_trials.c.study_id == optuna_studies.c.study_id)
+        .where(optuna_trials.c.state == "RUNNING")
+    )
+
+
+def study_exists_query(optuna_id: int) -> Exists:
+    """Whether Optuna's study ``optuna_id`` exists (gone when deleted or renamed outside)."""
+    return exists().where(optuna_studies.c.study_id == optuna_id)
+
+
+def budget_used(session: Session, optuna_id: int) -> int:
     """Trials that count against ``n_trials``: finished COMPLETE or PRUNED, or RUNNING."""
-    return int(session.scalar(budget_used_query(study_id)) or 0)
+    return int(session.scalar(budget_used_query(optuna_id)) or 0)
 
 
-def any_started(session: Session, study_id: int) -> bool:
+def any_started(session: Session, optuna_id: int) -> bool:
     """Whether any trial of the study has started (a worker asked for one)."""
-    first = select(trials.c.trial_id).where(
-        trials.c.study_id == study_id, trials.c.state != "WAITING"
+    first = select(optuna_trials.c.trial_id).where(
+        optuna_trials.c.study_id == optuna_id, optuna_trials.c.state != "WAITING"
     )
     return session.scalar(first.limit(1)) is not None
 
 
-def reserved_trial(conn: Session | Connection, study_id: int, number: int) -> tuple[int, list[int]]:
+def reserved_trial(
+    conn: Session | Connection, optuna_id: int, number: int
+) -> tuple[int, list[int]]:
     """Trial ``number``'s id and its retry history (earlier trials it retries), in one query."""
     history = (
-        select(trial_system_attributes.c.value_json)
+        select(optuna_trial_system_attributes.c.value_json)
         .where(
-            trial_system_attributes.c.trial_id == trials.c.trial_id,
-            trial_system_attributes.c.key == "retry_history",
+            optuna_trial_system_attributes.c.trial_id == optuna_trials.c.trial_id,
+            optuna_trial_system_attributes.c.key == "retry_history",
         )
         .scalar_subquery()
     )
     trial_id, raw = conn.execute(
-        select(trials.c.trial_id, history).where(
-            trials.c.study_id == study_id, trials.c.number == number
+        select(optuna_trials.c.trial_id, history).where(
+            optuna_trials.c.study_id == optuna_id, optuna_trials.c.number == number
         )
     ).one()
     return int(trial_id), [int(n) for n in json.loads(raw)] if raw else []
 
 
-def silent_running_trials(session: Session, study_id: int, older_than_s: float) -> list[int]:
-    """RUNNING trials that never sent a heartbeat and started more than ``older_than_s`` ago.
+def silent_running_trials(conn: Connection, optuna_id: int) -> list[int]:
+    """RUNNING trials that never sent a heartbeat.
 
-    Optuna's stale check skips trials without a heartbeat: a worker killed between
-    creating a trial and its first heartbeat would leave it RUNNING forever.
+    Optuna's stale check skips them: a worker killed between creating a trial and its
+    first heartbeat would leave it RUNNING forever.
     """
-    # Optuna stamps datetime_start with the local naive time of the worker.
-    cutoff = dt.datetime.now() - dt.timedelta(seconds=older_than_s)  # noqa: DTZ005
-    rows = session.scalars(
-        select(trials.c.trial_id)
-        .outerjoin(trial_heartbeats, trial_heartbeats.c.trial_id == trials.c.trial_id)
+    rows = conn.scalars(
+        select(optuna_trials.c.trial_id)
+        .outerjoin(
+            optuna_trial_heartbeats,
+            optuna_trial_heartbeats.c.trial_id == optuna_trials.c.trial_id,
+        )
         .where(
-            trials.c.study_id == study_id,
-            trials.c.state == "RUNNING",
-            trial_heartbeats.c.trial_id.is_(None),
-            trials.c.datetime_start < cutoff,
+            optuna_trials.c.study_id == optuna_id,
+            optuna_trials.c.state == "RUNNING",
+            optuna_trial_heartbeats.c.trial_id.is_(None),
         )
     )
     return list(rows)
 
 
-def unretried_failures(session: Session, study_id: int) -> int:
-    """FAIL trials that no retry took over (a retry's ``retry_history`` lists those it did)."""
-    histories = session.scalars(
-        select(trial_system_attributes.c.value_json)
-        .join(trials, trials.c.trial_id == trial_system_attributes.c.trial_id)
-        .where(trials.c.study_id == study_id, trial_system_attributes.c.key == "retry_history")
+def _retry_histories(conn: Session | Connection, optuna_id: int) -> list[list[int]]:
+    """The ``retry_history`` of each retry in the study (Optuna's retry callback sets it:
+    the numbers of the trials it retries, the one it replaces last)."""
+    values = conn.scalars(
+        select(optuna_trial_system_attributes.c.value_json)
+        .join(
+            optuna_trials,
+            optuna_trials.c.trial_id == optuna_trial_system_attributes.c.trial_id,
+        )
+        .where(
+            optuna_trials.c.study_id == optuna_id,
+            optuna_trial_system_attributes.c.key == "retry_history",
+        )
     )
-    retried = {number for value in histories for number in json.loads(value)}
+    return [[int(n) for n in json.loads(value)] for value in values]
+
+
+def has_retry(conn: Connection, optuna_id: int, number: int) -> bool:
+    """Whether a retry of trial ``number`` was queued."""
+    return any(history[-1:] == [number] for history in _retry_histories(conn, optuna_id))
+
+
+def unretried_failures(session: Session | Connection, optuna_id: int) -> int:
+    """FAIL trials that no retry took over (a retry's ``retry_history`` lists those it did)."""
+    retried = {number for history in _retry_histories(session, optuna_id) for number in history}
     failed = session.scalars(
-        select(trials.c.number).where(trials.c.study_id == study_id, trials.c.state == "FAIL")
+        select(optuna_trials.c.number).where(
+            optuna_trials.c.study_id == optuna_id, optuna_trials.c.state == "FAIL"
+        )
     )
     return sum(1 for number in failed if number not in retried)
 
 
-def pareto_front(session: Session, study_id: int, directions: list[str]) -> list[TrialRead]:
+def pareto_front(session: Session, optuna_id: int, directions: list[str]) -> list[TrialRead]:
     """The COMPLETE trials that no other COMPLETE trial dominates."""
     values: dict[int, list[float]] = defaultdict(list)
     rows = session.connection().execute(
-        select(trials.c.trial_id, trial_values.c.value, trial_values.c.value_type)
-        .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
-        .where(
-            trials.c.study_id == study_id,
-            trials.c.state == "COMPLETE",
-            trial_values.c.value_type == "FINITE",
+        select(
+            optuna_trials.c.trial_id, optuna_trial_values.c.value, optuna_trial_values.c.value_type
         )
-        .order_by(trials.c.trial_id, trial_values.c.objective)
+        .join(optuna_trial_values, optuna_trial_values.c.trial_id == optuna_trials.c.trial_id)
+        .where(
+            optuna_trials.c.study_id == optuna_id,
+            optuna_trials.c.state == "COMPLETE",
+            optuna_trial_values.c.value_type == "FINITE",
+        )
+        .order_by(optuna_trials.c.trial_id, optuna_trial_values.c.objective)
     )
     for trial_id, value, _ in rows:
         values[trial_id].append(value)
@@ -295,63 +345,65 @@ def _page_query(by_state: bool) -> Select[Any, Any, Any, Any, Any]:
     study's trials as it creates them): the index on the study id yields it
     without sorting the study, at any offset.
     """
-    where = [trials.c.study_id == bindparam("study_id")]
+    where = [optuna_trials.c.study_id == bindparam("study_id")]
     if by_state:
-        where.append(trials.c.state == bindparam("state", type_=_STATE))
+        where.append(optuna_trials.c.state == bindparam("state", type_=_STATE))
     return (
         _TRIAL_COLUMNS.where(*where)
-        .order_by(trials.c.trial_id)
+        .order_by(optuna_trials.c.trial_id)
         .limit(bindparam("limit", type_=Integer))
         .offset(bindparam("offset", type_=Integer))
     )
 
 
 _TRIAL_COLUMNS = select(
-    trials.c.trial_id,
-    trials.c.number,
-    trials.c.state,
-    trials.c.datetime_start,
-    trials.c.datetime_complete,
+    optuna_trials.c.trial_id,
+    optuna_trials.c.number,
+    optuna_trials.c.state,
+    optuna_trials.c.datetime_start,
+    optuna_trials.c.datetime_complete,
 )
 _IDS: BindParameter[list[int]] = bindparam("ids", expanding=True)
-_TRIALS_BY_ID = _TRIAL_COLUMNS.where(trials.c.trial_id.in_(_IDS)).order_by(trials.c.number)
+_TRIALS_BY_ID = _TRIAL_COLUMNS.where(optuna_trials.c.trial_id.in_(_IDS)).order_by(
+    optuna_trials.c.number
+)
 _PAGES = {False: _page_query(by_state=False), True: _page_query(by_state=True)}
 _PARAMS = select(
-    trial_params.c.trial_id,
-    trial_params.c.param_name,
-    trial_params.c.param_value,
-    trial_params.c.distribution_json,
-).where(trial_params.c.trial_id.in_(_IDS))
+    optuna_trial_params.c.trial_id,
+    optuna_trial_params.c.param_name,
+    optuna_trial_params.c.param_value,
+    optuna_trial_params.c.distribution_json,
+).where(optuna_trial_params.c.trial_id.in_(_IDS))
 # Values come back finite or NULL (NaN and infinities: JSON has neither), decided in SQL.
 _VALUES = (
     select(
-        trial_values.c.trial_id,
-        case((trial_values.c.value_type == "FINITE", trial_values.c.value)),
+        optuna_trial_values.c.trial_id,
+        case((optuna_trial_values.c.value_type == "FINITE", optuna_trial_values.c.value)),
     )
-    .where(trial_values.c.trial_id.in_(_IDS))
-    .order_by(trial_values.c.trial_id, trial_values.c.objective)
+    .where(optuna_trial_values.c.trial_id.in_(_IDS))
+    .order_by(optuna_trial_values.c.trial_id, optuna_trial_values.c.objective)
 )
 _INTERMEDIATE = (
     select(
-        trial_intermediate_values.c.trial_id,
-        trial_intermediate_values.c.step,
+        optuna_trial_intermediate_values.c.trial_id,
+        optuna_trial_intermediate_values.c.step,
         case(
             (
-                trial_intermediate_values.c.intermediate_value_type == "FINITE",
-                trial_intermediate_values.c.intermediate_value,
+                optuna_trial_intermediate_values.c.intermediate_value_type == "FINITE",
+                optuna_trial_intermediate_values.c.intermediate_value,
             )
         ),
     )
-    .where(trial_intermediate_values.c.trial_id.in_(_IDS))
-    .order_by(trial_intermediate_values.c.trial_id, trial_intermediate_values.c.step)
+    .where(optuna_trial_intermediate_values.c.trial_id.in_(_IDS))
+    .order_by(optuna_trial_intermediate_values.c.trial_id, optuna_trial_intermediate_values.c.step)
 )
 
 
 def trial_page(
-    session: Session, study_id: int, *, state: str | None, limit: int, offset: int
+    session: Session, optuna_id: int, *, state: str | None, limit: int, offset: int
 ) -> list[TrialRead]:
     """One page of trials by number, optionally of one state."""
-    args = {"study_id": study_id, "state": state, "limit": limit, "offset": offset}
+    args = {"study_id": optuna_id, "state": state, "limit": limit, "offset": offset}
     conn = session.connection()
     return _assemble(conn, conn.execute(_PAGES[state is not None], args).all())
 
