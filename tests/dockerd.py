@@ -9,6 +9,7 @@ under ``~/.cache/helios-hpo`` (``HELIOS_HPO_CACHE``) so a later run finds them.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -28,19 +29,29 @@ from tests.support import debian_tool
 
 __all__ = [
     "BASE_IMAGE",
+    "COMPOSE_IMAGES",
     "SERVICE_IMAGE",
     "TORCH_IMAGE",
     "WORKER_IMAGE",
     "Dockerd",
+    "build_compose_images",
     "build_images",
     "cache_dir",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
+# On dockerd's PATH: a stand-in for the NVIDIA Container Toolkit's hook, so the engine
+# takes GPU device requests (compose reservations, the launcher's default) as a GPU host's.
+ENGINE_BIN = REPO / "tests" / "engine_bin"
 BASE_IMAGE = "local/debian-py:bookworm"
 TORCH_IMAGE = "local/torch-cpu:2.13.0"  # stands in for pytorch/pytorch: torch in the system
 WORKER_IMAGE = "helios-hpo-worker:test"
 SERVICE_IMAGE = "helios-hpo-service:test"
+# Debian's servers behind the official images' environment (tests/compose/).
+COMPOSE_IMAGES = {
+    "postgres.Dockerfile": "local/postgres:15-bookworm",
+    "pgbouncer.Dockerfile": "local/pgbouncer:1.18-bookworm",
+}
 TORCH_WHEELS = Path(os.environ.get("HELIOS_HPO_TORCH_WHEELS", "/opt/wheels"))
 _PACKAGES = {
     "dockerd": "docker.io",
@@ -73,6 +84,7 @@ class Dockerd:
         self.dockerd, self.run_dir, self.data_root = dockerd, run_dir, data_root
         self.socket = run_dir / "docker.sock"
         self.url = f"unix://{self.socket}"
+        self.gpu_hook_log = run_dir / "gpu-hook.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -96,8 +108,13 @@ class Dockerd:
             "--bridge=none", "--userland-proxy=false",
         ]  # fmt: skip
         log = (self.run_dir / "dockerd.log").open("ab")
+        env = {
+            **os.environ,
+            "PATH": f"{ENGINE_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "HELIOS_HPO_GPU_HOOK_LOG": str(self.gpu_hook_log),
+        }
         self.process = subprocess.Popen(  # noqa: S603 (Debian's dockerd)
-            argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -130,6 +147,13 @@ class Dockerd:
         """Remove every container, e.g. those an interrupted run left in the data root."""
         for container in self.client().containers.list(all=True):
             container.remove(force=True)
+
+    def gpus_given(self) -> dict[str, str | None]:
+        """Container id -> NVIDIA_VISIBLE_DEVICES, for the containers given GPUs so far."""
+        if not self.gpu_hook_log.exists():
+            return {}
+        lines = self.gpu_hook_log.read_text().splitlines()
+        return {entry["id"]: entry["gpus"] for entry in map(json.loads, lines)}
 
     def client(self) -> Any:
         import docker
@@ -254,3 +278,10 @@ def build_images(tools: dict[str, str], engine: Dockerd, *, rebuild: bool = True
             client, REPO, "docker/service.Dockerfile", SERVICE_IMAGE,
             {"BASE": TORCH_IMAGE, "TORCH_SPEC": ""},
         )  # fmt: skip
+
+
+def build_compose_images(engine: Dockerd) -> None:
+    """The PostgreSQL and PgBouncer images tests/compose/override.yaml names."""
+    client = engine.client()
+    for dockerfile, tag in COMPOSE_IMAGES.items():
+        _build(client, REPO / "tests" / "compose", dockerfile, tag, {"BASE": BASE_IMAGE})

@@ -1,9 +1,9 @@
 """Workers as real containers on a real Docker engine (Debian's dockerd, started by the
 ``docker_engine`` fixture), the images built from this checkout's Dockerfiles.
 
-There is no NVIDIA runtime here: GPU ids are configured and leased, and handed to the
-containers as NVIDIA_VISIBLE_DEVICES (``HELIOS_HPO_DOCKER_GPU_DEVICES=env``); device
-requests are checked as container specs only (tests/service_tests/test_docker_launcher.py).
+There are no GPUs here: GPU ids are configured and leased, and each container's device
+request goes to the engine's NVIDIA driver, whose hook is a stand-in that records the
+GPUs the engine gave the container (tests/engine_bin/); no device exists behind them.
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ def _docker_env(engine: Dockerd, tmp_path: Path, database_url: str) -> dict[str,
         "HELIOS_HPO_DOCKER_IMAGE": WORKER_IMAGE,
         "HELIOS_HPO_DOCKER_NETWORK": "host",
         "HELIOS_HPO_DOCKER_VOLUMES": json.dumps(volumes),
-        "HELIOS_HPO_DOCKER_GPU_DEVICES": "env",
         # The service's user: the containers share its SQLite file and data folder.
         "HELIOS_HPO_DOCKER_USER": f"{os.getuid()}:{os.getgid()}",
         "HELIOS_HPO_DOCKER_ENV": json.dumps(
@@ -153,7 +152,8 @@ def test_a_study_trains_in_real_containers(
             120,
             "three containers",
         )
-        labels = [c.labels for c in _containers(docker_engine, "boxed")]
+        boxes = _containers(docker_engine, "boxed")
+        labels = [c.labels for c in boxes]
         first = running[0]
         # A running container's log comes through the container API, tailed and followed.
         wait_for(
@@ -183,6 +183,11 @@ def test_a_study_trains_in_real_containers(
     assert {label[f"{LABEL}.instance"] for label in labels} == {instance_label(url)}
     assert sorted(label[f"{LABEL}.gpus"] for label in labels) == ["0", "1", "2"]
     assert sorted(w["gpus"] for w in running) == ["0", "1", "2"]
+    # Each lease reached the engine as a device request for exactly its GPU.
+    given = docker_engine.gpus_given()
+    assert {c.id: given.get(c.id) for c in boxes} == {
+        c.id: c.labels[f"{LABEL}.gpus"] for c in boxes
+    }
     assert {w["state"] for w in workers} == {"exited"}
     assert events[-1] == "worker ended"
     assert any(" trial=" in e for e in events[:-1])
