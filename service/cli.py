@@ -236,26 +236,24 @@ def _load_spec(path: Path) -> str:
     except UnicodeDecodeError:
         raise CliError(f"cannot read {path}: it is not UTF-8 text") from None
     if path.suffix in (".yaml", ".yml"):
-        import yaml
+        from service.yaml_spec import YamlSpecError, yaml_to_json
 
         try:
-            spec = yaml.safe_load(text)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise CliError(f"{path}{where}: {exc.problem or exc.context}") from None
-        except yaml.YAMLError as exc:
-            raise CliError(f"{path}: {exc}") from None
-    else:
-        try:
-            spec = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CliError(f"{path} line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+            text = yaml_to_json(text)
+        except YamlSpecError as exc:
+            message = str(exc)
+            raise CliError(f"{path}{'' if message.startswith('line ') else ':'} {exc}") from None
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{path} line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise CliError(f"{path}: nested too deeply") from None
     if not isinstance(spec, dict):
         kind = "empty" if spec is None else f"a {type(spec).__name__}"
         raise CliError(f"{path}: a study spec is a mapping (name: ..., task: ...); it is {kind}")
     try:
-        return json.dumps(spec, allow_nan=False, default=str)
+        return json.dumps(spec, allow_nan=False)
     except ValueError:
         raise CliError(f"{path}: NaN and infinity are not valid numbers in a spec") from None
 

@@ -140,8 +140,20 @@ class CategoricalParam(_Strict):
                 )
             if isinstance(choice, float) and not math.isfinite(choice):
                 raise ValueError("choices must be finite")
-        if len({(type(c), c) for c in self.choices}) != len(self.choices):
-            raise ValueError("choices must be distinct")
+        # Optuna finds a choice by ==: 1, 1.0 and true are one value to it (so are 0 and
+        # false), and a trial asked for true would train with 1.
+        groups: dict[Any, list[int]] = {}
+        for i, choice in enumerate(self.choices):
+            groups.setdefault(choice, []).append(i)
+        same = [indices for indices in groups.values() if len(indices) > 1]
+        if same:
+            described = "; ".join(
+                " and ".join(f"choice {i} ({self.choices[i]!r})" for i in indices)
+                for indices in same
+            )
+            raise ValueError(
+                f"choices must be distinct values; equal to Optuna: {described}; keep one of each"
+            )
         return self
 
 

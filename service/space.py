@@ -21,7 +21,15 @@ from optuna.distributions import (
 )
 
 from service.errors import SpecError
-from service.schemas import CategoricalParam, FloatParam, NamedArgs, Objective, Param, StudySpec
+from service.schemas import (
+    CategoricalParam,
+    FloatParam,
+    IntParam,
+    NamedArgs,
+    Objective,
+    Param,
+    StudySpec,
+)
 from service.tasks import Task
 
 __all__ = [
@@ -207,10 +215,12 @@ def resolve_spec(spec: StudySpec, task: Task) -> StudySpec:
 
     errors: list[tuple[str, str]] = []
     known_params = sorted(task.default_params)
-    for name in resolved.search_space or {}:
+    for name, param in (resolved.search_space or {}).items():
         if name not in task.default_params:
             why = f"task {task.name!r} has no parameter {name!r}; parameters: {known_params}"
             errors.append((f"search_space.{name}", why))
+        else:
+            errors.extend(_param_type_errors(task, name, param))
     objectives: list[Objective] = resolved.objectives or []
     for i, objective in enumerate(objectives):
         if objective.metric not in task.metrics:
@@ -235,6 +245,37 @@ def resolve_spec(spec: StudySpec, task: Task) -> StudySpec:
     if errors:
         raise SpecError(errors)
     return resolved
+
+
+_TYPE_NAMES = {float: "a number", int: "an integer", str: "a string", bool: "a boolean"}
+
+
+def _fits(value: Any, kind: type) -> bool:
+    if kind is object:
+        return True
+    if isinstance(value, bool) or kind is bool:
+        return isinstance(value, bool) and kind is bool
+    if kind is float:
+        return isinstance(value, int | float)
+    return isinstance(value, kind)
+
+
+def _param_type_errors(task: Task, name: str, param: Param) -> list[tuple[str, str]]:
+    """Values of ``param`` that parameter ``name`` of ``task`` cannot take."""
+    kind = task.param_type(name)
+    takes = f"task {task.name!r} takes {name} as {_TYPE_NAMES.get(kind, kind.__name__)}"
+    field = f"search_space.{name}"
+    if isinstance(param, CategoricalParam):
+        return [
+            (f"{field}.choices.{i}", f"{takes}; {choice!r} is not one")
+            for i, choice in enumerate(param.choices)
+            if not _fits(choice, kind)
+        ]
+    if kind is object or kind is float or (kind is int and isinstance(param, IntParam)):
+        return []
+    if kind is int:
+        return [(f"{field}.type", f"{takes}; a float range gives fractions: use type int")]
+    return [(f"{field}.type", f"{takes}; use type categorical with choices of that type")]
 
 
 def param_errors(

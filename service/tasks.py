@@ -61,6 +61,9 @@ class Task:
             every parameter: the trial's, and the defaults of the rest.
         task_arg_ranges: ``name -> (low, high)``, the inclusive bounds of numeric
             ``task_args`` (None: unbounded on that side); a spec outside them is refused.
+        param_types: ``name -> float | int | str | bool | object`` for parameters whose
+            type is not their default's (``object``: any value); a spec searching values
+            of another type is refused.
     """
 
     name: str
@@ -74,6 +77,14 @@ class Task:
     task_arg_ranges: Mapping[str, tuple[float | None, float | None]] = dataclasses.field(
         default_factory=dict
     )
+    param_types: Mapping[str, type] = dataclasses.field(default_factory=dict)
+
+    def param_type(self, name: str) -> type:
+        """The type parameter ``name`` takes: declared, else its default's (None: any)."""
+        if name in self.param_types:
+            return self.param_types[name]
+        default = self.default_params.get(name)
+        return object if default is None else type(default)
 
     def task_arg_error(self, name: str, value: Any) -> str | None:
         """Why ``value`` cannot be task argument ``name``, or None when it can."""

@@ -41,11 +41,11 @@ def _error(description: str) -> dict[str, Any]:
 
 # Documented on every operation: each comes in the one error shape.
 COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: _error("The body is not valid JSON"),
+    400: _error("The body is not valid JSON (or YAML, when sent as application/yaml)"),
     401: _error("A token is needed (when the service has tokens)"),
     403: _error("A read token asked to change something"),
     413: _error("The body is over the size limit"),
-    415: _error("The body is not sent as application/json"),
+    415: _error("The body is sent neither as application/json nor as application/yaml"),
     503: _error("The database is unreachable: retry after Retry-After seconds"),
     422: _error("Invalid input: each error names its field and why"),
 }

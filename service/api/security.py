@@ -17,9 +17,13 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from service.yaml_spec import YamlSpecError, yaml_to_json
+
 __all__ = ["READ_METHODS", "ApiGuard", "ScrubFilter", "guard_wsgi", "role_of", "scrub_query"]
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Bodies in YAML are turned into JSON before the app sees them.
+YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml"})
 OPEN_PATHS = frozenset({"/healthz"})
 
 Scope = dict[str, Any]
@@ -63,13 +67,14 @@ def _refusal(method: str, role: str | None, basic: bool) -> tuple[int, str, str,
     return None
 
 
-def _body(status: int, code: str, detail: str) -> bytes:
-    return json.dumps({"code": code, "detail": detail, "errors": []}).encode()
+def _body(code: str, detail: str, field: str | None = None) -> bytes:
+    errors = [] if field is None else [{"field": field, "message": detail}]
+    return json.dumps({"code": code, "detail": detail, "errors": errors}).encode()
 
 
 class ApiGuard:
     """ASGI middleware: token check (when tokens are configured), body-size limit, and
-    bodies sent as JSON (415 otherwise)."""
+    bodies sent as JSON or YAML (415 otherwise)."""
 
     def __init__(self, app: Any, tokens: Mapping[str, str], max_body_bytes: int) -> None:
         self.app, self.tokens, self.max_body_bytes = app, dict(tokens), max_body_bytes
@@ -108,9 +113,20 @@ class ApiGuard:
                 break
         body = b"".join(chunks)
         media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
-        if body and not _is_json(media_type):
+        if body and media_type in YAML_TYPES:
+            try:
+                body = yaml_to_json(body.decode("utf-8")).encode()
+            except (YamlSpecError, UnicodeDecodeError) as exc:
+                detail = f"the body is not valid YAML: {exc}"
+                await _send_error(send, 400, "invalid_yaml", detail, [], field="body")
+                return
+            scope = {**scope, "headers": _as_json(scope["headers"], len(body))}
+        elif body and not _is_json(media_type):
             sent = f"'{media_type}'" if media_type else "no Content-Type"
-            detail = f"send the body as JSON with 'Content-Type: application/json' (got {sent})"
+            detail = (
+                "send the body as JSON with 'Content-Type: application/json' "
+                f"(or YAML with 'application/yaml'; got {sent})"
+            )
             await _send_error(send, 415, "unsupported_media_type", detail, [])
             return
         replayed = False
@@ -128,6 +144,11 @@ class ApiGuard:
         return f"the request body is over {self.max_body_bytes} bytes"
 
 
+def _as_json(headers: list[tuple[bytes, bytes]], length: int) -> list[tuple[bytes, bytes]]:
+    kept = [(k, v) for k, v in headers if k.lower() not in (b"content-type", b"content-length")]
+    return [*kept, (b"content-type", b"application/json"), (b"content-length", b"%d" % length)]
+
+
 def _is_json(media_type: str) -> bool:
     return media_type == "application/json" or (
         media_type.startswith("application/") and media_type.endswith("+json")
@@ -135,9 +156,14 @@ def _is_json(media_type: str) -> bool:
 
 
 async def _send_error(
-    send: Send, status: int, code: str, detail: str, extra: Iterable[tuple[bytes, bytes]]
+    send: Send,
+    status: int,
+    code: str,
+    detail: str,
+    extra: Iterable[tuple[bytes, bytes]],
+    field: str | None = None,
 ) -> None:
-    body = _body(status, code, detail)
+    body = _body(code, detail, field)
     await send(
         {
             "type": "http.response.start",
@@ -191,6 +217,6 @@ def guard_wsgi(app: Any, tokens: Mapping[str, str]) -> Any:
         headers = [("Content-Type", "application/json")]
         headers += [(k.decode(), v.decode()) for k, v in extra]
         start_response(f"{status} {reason}", headers)
-        return [_body(status, code, detail)]
+        return [_body(code, detail)]
 
     return guarded

@@ -102,6 +102,68 @@ BAD = [
         "choice 1 is dict",
         id="object-choice",
     ),
+    # Optuna finds a choice by ==: these are one value to it.
+    pytest.param(
+        _with("search_space.batch_size.choices", [32, 64, 32.0]),
+        "search_space.batch_size",
+        "equal to Optuna: choice 0 (32) and choice 2 (32.0)",
+        id="int-and-float-choice-equal",
+    ),
+    pytest.param(
+        synthetic(
+            "eq", search_space={"x": {"type": "categorical", "choices": [1, "1", True, None, 1.0]}}
+        ),
+        "search_space.x",
+        "choice 0 (1) and choice 2 (True) and choice 4 (1.0)",
+        id="bool-equal-to-int-choice",
+    ),
+    pytest.param(
+        synthetic("eq", search_space={"y": {"type": "categorical", "choices": [0, False]}}),
+        "search_space.y",
+        "choice 0 (0) and choice 1 (False)",
+        id="false-equal-to-zero",
+    ),
+    # Values of a type the task's parameter cannot take.
+    pytest.param(
+        synthetic(
+            "typed", search_space={"x": {"type": "categorical", "choices": [1.5, None, "a"]}}
+        ),
+        "search_space.x.choices.1",
+        "task 'synthetic' takes x as a number; None is not one",
+        id="null-choice-for-a-float",
+    ),
+    pytest.param(
+        synthetic(
+            "typed", search_space={"x": {"type": "categorical", "choices": [1.5, None, "a"]}}
+        ),
+        "search_space.x.choices.2",
+        "'a' is not one",
+        id="string-choice-for-a-float",
+    ),
+    pytest.param(
+        synthetic("typed", search_space={"y": {"type": "categorical", "choices": [1, 2.5]}}),
+        "search_space.y.choices.1",
+        "takes y as an integer; 2.5 is not one",
+        id="float-choice-for-an-int",
+    ),
+    pytest.param(
+        synthetic("typed", search_space={"y": {"type": "float", "low": 0, "high": 1}}),
+        "search_space.y.type",
+        "a float range gives fractions: use type int",
+        id="float-range-for-an-int",
+    ),
+    pytest.param(
+        _with("search_space.optimizer", {"type": "int", "low": 0, "high": 3}),
+        "search_space.optimizer.type",
+        "takes optimizer as a string; use type categorical",
+        id="int-range-for-a-string",
+    ),
+    pytest.param(
+        _with("search_space.optimizer.choices", ["adam", True]),
+        "search_space.optimizer.choices.1",
+        "takes optimizer as a string; True is not one",
+        id="bool-choice-for-a-string",
+    ),
     pytest.param(
         _with("search_space.lr.type", "uniform"),
         "search_space.lr",
@@ -435,8 +497,56 @@ def test_malformed_json_is_400_naming_the_body(client: TestClient, settings: Set
     _nothing_written(settings)
 
 
+YAML_SPEC = """
+name: from-yaml
+task: synthetic
+n_trials: 3
+search_space:
+  x: {type: float, low: -1.0, high: 1.0}
+  y: {type: categorical, choices: [1, 2]}
+workers: {count: 1}
+"""
+
+
+@pytest.mark.parametrize("content_type", ["application/yaml", "application/x-yaml", "text/yaml"])
+def test_a_yaml_spec_makes_the_same_study_as_json(client: TestClient, content_type: str) -> None:
+    response = client.post(
+        "/studies", content=YAML_SPEC.encode(), headers={"content-type": content_type}
+    )
+    assert response.status_code == 201, response.text
+    spec = response.json()["spec"]
+    assert spec["search_space"]["y"] == {"type": "categorical", "choices": [1, 2]}
+    assert spec["n_trials"] == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "reason"),
+    [
+        (YAML_SPEC.replace("n_trials: 3", "n_trials: yes"), "n_trials", "valid integer"),
+        (YAML_SPEC.replace("[1, 2]", "[1, true]"), "search_space.y", "equal to Optuna"),
+        (YAML_SPEC.replace("low: -1.0", "low: .nan"), "body", "NaN and infinity"),
+        (YAML_SPEC.replace("task: synthetic", "task: [synthetic"), "body", "line 4, column"),
+        ("a: &x [1, 2]\nb: *x\n", "body", "aliases (*name) are not accepted"),
+        ("a: !!python/object:os.system 'true'\n", "body", "could not determine a constructor"),
+        ("[" * 5000 + "]" * 5000, "body", "nested too deeply"),
+    ],
+    ids=["bool-for-int", "equal-choices", "nan", "unclosed", "alias", "python-tag", "deep"],
+)
+def test_a_bad_yaml_spec_gets_the_error_json_would_and_writes_nothing(
+    client: TestClient, settings: Settings, text: str, field: str, reason: str
+) -> None:
+    response = client.post(
+        "/studies", content=text.encode(), headers={"content-type": "application/yaml"}
+    )
+    body = response.json()
+    assert response.status_code == (400 if field == "body" else 422), body
+    fields = {e["field"]: e["message"] for e in body["errors"]}
+    assert reason in fields[field], body
+    _nothing_written(settings)
+
+
 @pytest.mark.parametrize("content_type", ["text/plain", None, "application/x-www-form-urlencoded"])
-def test_a_body_not_sent_as_json_is_415_naming_the_type(
+def test_a_body_not_sent_as_json_or_yaml_is_415_naming_the_type(
     client: TestClient, settings: Settings, content_type: str | None
 ) -> None:
     headers = {"content-type": content_type} if content_type else {}
@@ -446,7 +556,8 @@ def test_a_body_not_sent_as_json_is_415_naming_the_type(
     assert response.json()["code"] == "unsupported_media_type"
     sent_as = f"'{content_type}'" if content_type else "no Content-Type"
     assert response.json()["detail"] == (
-        f"send the body as JSON with 'Content-Type: application/json' (got {sent_as})"
+        "send the body as JSON with 'Content-Type: application/json' "
+        f"(or YAML with 'application/yaml'; got {sent_as})"
     )
     _nothing_written(settings)
     sent = client.post("/studies", content=body, headers={"content-type": "application/json"})
