@@ -59,7 +59,8 @@ def container_spec(
         "image": image,
         # The image's entrypoint is `helios-hpo worker`.
         "command": ["--study", study, "--worker-id", str(worker_id)],
-        "name": f"helios-hpo-{study}-{worker_id}",
+        # Two services (two databases) may share a host and a study name.
+        "name": f"helios-hpo-{instance[:8]}-{study}-{worker_id}",
         "environment": {
             **env,
             # In the environment, never on the command line.
@@ -240,6 +241,10 @@ class DockerLauncher:
             text: bytes = container.logs(stdout=True, stderr=True)
         except docker.errors.NotFound:
             return None
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # dead or being removed: its log was kept first
+                return None
+            raise
         return text.decode(errors="replace").splitlines()
 
     def forget(self, ref: str, log_path: Path) -> None:

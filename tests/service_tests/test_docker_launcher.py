@@ -10,7 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import pytest
+import requests
 from fastapi.testclient import TestClient
 
 from service.api import create_app
@@ -91,7 +93,7 @@ def test_the_container_runs_a_real_worker_command_without_secrets_in_it() -> Non
     assert env["NCCL_DEBUG"] == "WARN"
     assert spec["network"] == "hpo"
     assert spec["volumes"] == ["helios-hpo_data:/data"]
-    assert spec["name"] == "helios-hpo-cifar-sweep-7"
+    assert spec["name"] == "helios-hpo-abc123-cifar-sweep-7"  # per service: hosts are shared
     assert spec["stop_signal"] == "SIGTERM"  # the worker fails its trial for a retry
 
 
@@ -208,7 +210,20 @@ def test_a_container_removed_while_its_log_is_read_reads_as_gone(
     ref = f"a/{container.id}"
     try:
         assert launcher.log_lines(ref) == []
-        from docker.models.containers import ContainerCollection
+        from docker.models.containers import Container, ContainerCollection
+
+        # Being removed (its log already kept), the engine answers a log read with 409.
+        def being_removed(self: Container, **kwargs: Any) -> bytes:
+            response = requests.Response()
+            response.status_code = 409
+            raise docker.errors.APIError(
+                "can not get logs from container which is dead or marked for removal",
+                response=response,
+            )
+
+        monkeypatch.setattr(Container, "logs", being_removed)
+        assert launcher.log_lines(ref) is None  # its log is read from the kept file
+        monkeypatch.undo()
 
         looked_up = ContainerCollection.get
 
