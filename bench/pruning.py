@@ -29,6 +29,7 @@ import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from service.conditions import suggest_space  # noqa: E402
 from service.tasks import get_task  # noqa: E402
 from service.worker import trial_seed  # noqa: E402
 
@@ -58,7 +59,7 @@ def objective(epochs: int) -> Callable[[optuna.Trial], float]:
 
     def run(trial: optuna.Trial) -> float:
         plugin = OptunaPlugin(trial, "accuracy")
-        params = {**task.default_params, **plugin.suggest_all(task.default_search_space)}
+        params = {**task.default_params, **suggest_space(plugin.suggest, task.default_search_space)}
         run = task.build(params, {**task.default_task_args, "epochs": epochs})
         trainer = Trainer(
             **run.trainer_args,

@@ -42,9 +42,18 @@ class DigitsData(DataModule):
 class DigitsModel(Model):
     """A one-hidden-layer MLP over the 64 pixels."""
 
-    def __init__(self, lr: float, hidden: int, dropout: float, optimizer: str) -> None:
+    def __init__(
+        self,
+        lr: float,
+        hidden: int,
+        dropout: float,
+        optimizer: str,
+        momentum: float = 0.9,
+        betas: tuple[float, float] = (0.9, 0.999),
+    ) -> None:
         super().__init__("digits")
         self.lr, self.hidden, self.dropout, self.optimizer_name = lr, hidden, dropout, optimizer
+        self.momentum, self.betas = momentum, betas
 
     def setup(self) -> None:
         self.net = nn.Sequential(
@@ -55,10 +64,12 @@ class DigitsModel(Model):
         ).to(self.device)
         if self.optimizer_name == "adam":
             self.optimizer: torch.optim.Optimizer = torch.optim.Adam(
-                self.net.parameters(), lr=self.lr
+                self.net.parameters(), lr=self.lr, betas=self.betas
             )
         elif self.optimizer_name == "sgd":
-            self.optimizer = torch.optim.SGD(self.net.parameters(), lr=self.lr, momentum=0.9)
+            self.optimizer = torch.optim.SGD(
+                self.net.parameters(), lr=self.lr, momentum=self.momentum
+            )
         else:
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer_name!r}")
         self.optimizers = [self.optimizer]
@@ -100,7 +111,8 @@ class SyntheticData(DataModule):
 
 
 class SyntheticModel(Model):
-    """A quadratic bowl in the parameters whose loss falls with each validation cycle."""
+    """A quadratic bowl in x, y and z (kind "shifted" lifts it) whose loss falls with each
+    validation cycle."""
 
     def __init__(
         self, params: dict[str, Any], sleep_s: float = 0.0, exit_code: int = 0, fail: bool = False
@@ -125,6 +137,9 @@ class SyntheticModel(Model):
     def on_validation_end(self, validation_cycle: int) -> None:
         x = float(self.params.get("x", 0.0))
         y = float(self.params.get("y", 0.0))
-        loss = (x - 2.0) ** 2 + 0.5 * (y - 3.0) ** 2 + 1.0 / (1 + validation_cycle)
+        z = float(self.params.get("z", 0.0))
+        shift = 0.5 if self.params.get("kind") == "shifted" else 0.0
+        loss = (x - 2.0) ** 2 + 0.5 * (y - 3.0) ** 2 + 0.25 * z**2 + shift
+        loss += 1.0 / (1 + validation_cycle)
         self.metrics["loss"] = loss
         self.metrics["score"] = -loss

@@ -10,8 +10,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -63,7 +65,51 @@ def _fits_steps(low: float, high: float, step: float) -> bool:
     return math.isclose(n, round(n), rel_tol=0, abs_tol=1e-8)
 
 
-class FloatParam(_Strict):
+class IntRange(_Strict):
+    """Values of an int parameter from ``min`` to ``max`` (either may be left out)."""
+
+    min: int | None = None
+    max: int | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> IntRange:
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        return self
+
+
+Scalar = bool | int | float | str | None
+# Parent parameter -> the values (or the int range) that make a parameter searched.
+Condition = Annotated[
+    dict[str, list[Scalar] | IntRange],
+    Field(
+        min_length=1,
+        max_length=8,
+        description='searched only when each parent has one of the values: {"optimizer": '
+        '["sgd"]}, or an int parent is in a range: {"n_layers": {"min": 2}}',
+    ),
+]
+
+
+class _SearchedParam(_Strict):
+    when: Condition | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_empty_when(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("when") is None:
+            data.pop("when", None)
+        elif isinstance(data["when"], dict):  # an int range: leave out an open end
+            data["when"] = {
+                parent: {k: v for k, v in c.items() if v is not None} if isinstance(c, dict) else c
+                for parent, c in data["when"].items()
+            }
+        return data
+
+
+class FloatParam(_SearchedParam):
     """A float parameter: ``log`` samples on a log scale, ``step`` discretizes."""
 
     type: Literal["float"]
@@ -96,7 +142,7 @@ class FloatParam(_Strict):
         return self
 
 
-class IntParam(_Strict):
+class IntParam(_SearchedParam):
     """An integer parameter."""
 
     type: Literal["int"]
@@ -124,7 +170,7 @@ class IntParam(_Strict):
         return self
 
 
-class CategoricalParam(_Strict):
+class CategoricalParam(_SearchedParam):
     """A choice among scalars (null, booleans, numbers, strings)."""
 
     type: Literal["categorical"]

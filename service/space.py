@@ -20,11 +20,13 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from service.conditions import condition_holds, suggestion_order
 from service.errors import SpecError
 from service.schemas import (
     CategoricalParam,
     FloatParam,
     IntParam,
+    IntRange,
     NamedArgs,
     Objective,
     Param,
@@ -211,6 +213,10 @@ def resolve_spec(spec: StudySpec, task: Task) -> StudySpec:
     if data["pruner"] is None and not multi:
         data["pruner"] = {"name": "MedianPruner", "args": {}}
     data["task_args"] = {**task.default_task_args, **data["task_args"]}
+    conditional = any(p.get("when") for p in data["search_space"].values())
+    if conditional and "sampler" not in spec.model_fields_set:
+        # TPE models a conditional space in groups of parameters searched together.
+        data["sampler"] = {"name": "TPESampler", "args": {"multivariate": True, "group": True}}
     resolved = StudySpec.model_validate(data)
 
     errors: list[tuple[str, str]] = []
@@ -241,10 +247,88 @@ def resolve_spec(spec: StudySpec, task: Task) -> StudySpec:
             build()
         except SpecError as exc:
             errors.extend(exc.errors)
+    condition_errors = _condition_errors(resolved.search_space or {})
+    errors.extend(condition_errors)
     errors.extend(param_errors(resolved.enqueue_trials, distributions(resolved), "enqueue_trials"))
+    if not condition_errors:
+        errors.extend(_enqueued_activity_errors(resolved))
     if errors:
         raise SpecError(errors)
     return resolved
+
+
+def _condition_errors(space: dict[str, Param]) -> list[tuple[str, str]]:
+    """Conditions on parameters that are not there, on floats, on values a parent cannot
+    take, on themselves, or in a cycle."""
+    errors = []
+    for name, param in space.items():
+        for parent, condition in (param.when or {}).items():
+            field = f"search_space.{name}.when.{parent}"
+            source = space.get(parent)
+            if parent == name:
+                errors.append((field, "a parameter cannot depend on itself"))
+            elif source is None:
+                errors.append((field, f"no parameter {parent!r}; parameters: {sorted(space)}"))
+            elif isinstance(source, FloatParam):
+                errors.append(
+                    (field, f"{parent} is a float: conditions read categorical or int parameters")
+                )
+            elif isinstance(condition, IntRange):
+                errors.extend(_range_condition_errors(field, parent, source, condition))
+            else:
+                dist = distribution(source)
+                errors += [
+                    (f"{field}.{i}", f"{parent} never takes it: {why}")
+                    for i, value in enumerate(condition)
+                    if (why := _outside(value, dist)) is not None
+                ]
+    if not errors:
+        try:
+            suggestion_order({name: {"when": p.when or {}} for name, p in space.items()})
+        except ValueError as exc:
+            errors.append(("search_space", str(exc)))
+    return errors
+
+
+def _range_condition_errors(
+    field: str, parent: str, source: Param, condition: IntRange
+) -> list[tuple[str, str]]:
+    if not isinstance(source, IntParam):
+        return [(field, f"{parent} is categorical: list the values, min and max are for ints")]
+    low = source.low if condition.min is None else max(source.low, condition.min)
+    high = source.high if condition.max is None else min(source.high, condition.max)
+    if low > high:
+        return [(field, f"no value of {parent} ({source.low} to {source.high}) is in that range")]
+    return []
+
+
+def _enqueued_activity_errors(spec: StudySpec) -> list[tuple[str, str]]:
+    """Enqueued trials must give exactly the conditional parameters their values activate."""
+    space = {name: p.model_dump() for name, p in (spec.search_space or {}).items()}
+    order = suggestion_order(space)
+    errors = []
+    for i, trial in enumerate(spec.enqueue_trials):
+        values: dict[str, Any] = {}
+        for name in order:
+            when: dict[str, Any] = space[name].get("when") or {}
+            field = f"enqueue_trials.{i}.{name}"
+            unknown = [parent for parent in when if parent not in trial]
+            if when and unknown:
+                if name in trial:
+                    errors.append((field, f"its condition reads {unknown}: give them too"))
+                continue
+            active = condition_holds(when, values)
+            if name in trial and not active:
+                errors.append((field, f"not searched when {_described(when)} does not hold"))
+            elif name not in trial and active and when:
+                errors.append((field, f"searched when {_described(when)}: give it a value"))
+            elif name in trial:
+                values[name] = trial[name]
+    return errors
+
+
+def _described(when: dict[str, Any]) -> str:
+    return " and ".join(f"{parent} in {condition}" for parent, condition in when.items())
 
 
 _TYPE_NAMES = {float: "a number", int: "an integer", str: "a string", bool: "a boolean"}

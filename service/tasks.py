@@ -173,6 +173,8 @@ def _build_digits(params: dict[str, Any], task_args: dict[str, Any]) -> TaskRun:
         hidden=int(params["hidden"]),
         dropout=float(params["dropout"]),
         optimizer=str(params["optimizer"]),
+        momentum=float(params["momentum"]),
+        betas=(float(params["beta1"]), float(params["beta2"])),
     )
     data = DigitsData(
         batch_size=int(params["batch_size"]), valid_fraction=task_args["valid_fraction"]
@@ -192,6 +194,15 @@ DIGITS = register_task(
             "dropout": {"type": "float", "low": 0.0, "high": 0.5},
             "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
             "batch_size": {"type": "categorical", "choices": [16, 32, 64, 128]},
+            # Searched only for the optimizer that uses them.
+            "momentum": {"type": "float", "low": 0.5, "high": 0.99, "when": {"optimizer": ["sgd"]}},
+            "beta1": {"type": "float", "low": 0.8, "high": 0.95, "when": {"optimizer": ["adam"]}},
+            "beta2": {
+                "type": "float",
+                "low": 0.99,
+                "high": 0.9999,
+                "when": {"optimizer": ["adam"]},
+            },
         },
         default_task_args={"epochs": 10, "valid_fraction": 0.2},
         task_arg_ranges={"epochs": (1, 100_000), "valid_fraction": (0.05, 0.95)},
@@ -201,6 +212,9 @@ DIGITS = register_task(
             "dropout": 0.1,
             "optimizer": "adam",
             "batch_size": 32,
+            "momentum": 0.9,
+            "beta1": 0.9,
+            "beta2": 0.999,
         },
         build=_build_digits,
     )
@@ -250,7 +264,7 @@ SYNTHETIC = register_task(
             "sleep_s": (0.0, 3600.0),
             "exit_code": (0, 255),
         },
-        default_params={"x": 0.0, "y": 0},
+        default_params={"x": 0.0, "y": 0, "kind": "bowl", "z": 0.0},
         build=_build_synthetic,
     )
 )

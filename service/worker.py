@@ -27,6 +27,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import optuna_tables
+from service.conditions import suggest_space
 from service.db import (
     DB_ERRORS,
     WORKER_POOL,
@@ -312,7 +313,7 @@ class _Worker:
 
         metric = self.metrics[0] if len(self.metrics) == 1 else self.metrics
         plugin = OptunaPlugin(trial, metric, checkpoint_trial=origin)
-        params = {**self.task.default_params, **plugin.suggest_all(self.space)}
+        params = {**self.task.default_params, **suggest_space(plugin.suggest, self.space)}
         run = self.task.build(params, dict(self.spec.task_args))
         plugins: list[Plugin] = [plugin]
         if torch.cuda.is_available():

@@ -59,7 +59,13 @@ def test_the_dashboard_shows_the_submitted_study(
     service: Service, dashboard_port: int, chromium: str
 ) -> None:
     name = "seen-in-dashboard"
-    spec = synthetic(name, n_trials=5)
+    # A conditional space: trials carry different sets of parameters.
+    space = {
+        "kind": {"type": "categorical", "choices": ["bowl", "shifted"]},
+        "x": {"type": "float", "low": -5.0, "high": 5.0, "when": {"kind": ["shifted"]}},
+        "y": {"type": "int", "low": -3, "high": 3},
+    }
+    spec = synthetic(name, n_trials=5, search_space=space)
     with service.client() as client:
         assert client.post("/studies", json=spec).status_code == 201
         assert wait_for_status(client, name, 60, service)["status"] == "finished"
@@ -74,6 +80,7 @@ def test_the_dashboard_shows_the_submitted_study(
     trials = _page(chromium, trials_url, "--dump-dom")
     assert "5 Trials" in trials, trials[:2000]
     assert "Trial 4" in trials
+    assert "kind" in trials
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     screenshot = (ARTIFACTS / f"dashboard-{Path(service.database_url).name[:40]}.png").resolve()

@@ -93,7 +93,10 @@ def _latest_epoch(folder: Path) -> int:
 
 
 def test_retry_resumes_from_the_checkpoint_with_the_same_result(service: Service) -> None:
-    params = {"lr": 0.01, "hidden": 64, "dropout": 0.0, "optimizer": "adam", "batch_size": 32}
+    params = {
+        "lr": 0.01, "hidden": 64, "dropout": 0.0, "optimizer": "adam", "batch_size": 32,
+        "beta1": 0.9, "beta2": 0.999,
+    }  # fmt: skip
     spec = {
         "name": "resume",
         "task": "digits",
@@ -123,6 +126,7 @@ def test_retry_resumes_from_the_checkpoint_with_the_same_result(service: Service
     # The same trial without interruption, in this process: the same accuracy.
     torch.set_num_threads(1)
     task = get_task("digits")
+    params = {**task.default_params, **params}  # what the worker builds with
     run = task.build(params, {**task.default_task_args, "epochs": EPOCHS})
     Trainer(**run.trainer_args, seed=trial_seed(params), device="cpu").fit(
         run.model, run.datamodule

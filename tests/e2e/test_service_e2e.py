@@ -228,3 +228,32 @@ def test_one_worker_starts_first_and_the_rest_once_a_trial_runs(service: Service
         if t.datetime_start is not None
     )
     assert started[0] < first_trial < started[1]
+
+
+def test_a_conditional_study_searches_exactly_the_active_parameters(service: Service) -> None:
+    space = {
+        "kind": {"type": "categorical", "choices": ["bowl", "shifted"]},
+        "y": {"type": "int", "low": -3, "high": 3},
+        "x": {"type": "float", "low": -5.0, "high": 5.0, "when": {"kind": ["shifted"]}},
+        "z": {"type": "float", "low": -1.0, "high": 1.0, "when": {"y": {"min": 1}}},
+    }
+    first = {"kind": "shifted", "y": 2, "x": 1.5, "z": 0.5}
+    spec = synthetic(
+        "branches", search_space=space, n_trials=30, epochs=2, workers=2, enqueue_trials=[first]
+    )
+    with service.client() as client:
+        assert client.post("/studies", json=spec).status_code == 201
+        study = wait_for_status(client, "branches", 240, service)
+    assert study["status"] == "finished", study["status_reason"]
+    assert study["counts"]["COMPLETE"] + study["counts"]["PRUNED"] == 30
+    trials = [t for t in optuna_trials(service, "branches") if t.state.name != "FAIL"]
+    assert trials[0].params == first  # enqueued, every active parameter given
+    for trial in trials:
+        active = {"kind", "y"}
+        active |= {"x"} if trial.params["kind"] == "shifted" else set()
+        active |= {"z"} if trial.params["y"] >= 1 else set()
+        assert set(trial.params) == active, (trial.number, trial.params)
+        assert set(trial.distributions) == active
+    # Both branches of both conditions were taken.
+    assert {"x" in t.params for t in trials} == {True, False}
+    assert {"z" in t.params for t in trials} == {True, False}

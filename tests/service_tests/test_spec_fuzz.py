@@ -26,17 +26,26 @@ json_values = st.recursive(
     max_leaves=12,
 )
 names = st.one_of(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True), st.text())
+# Conditions on other parameters of the space: values, int ranges, or anything.
+conditions = st.dictionaries(
+    st.sampled_from(["x", "y", "lr", "z", "kind", "q"]),
+    st.lists(scalars, max_size=3)
+    | st.fixed_dictionaries({}, optional={"min": st.integers(-6, 6), "max": st.integers(-6, 6)})
+    | json_values,
+    max_size=2,
+)
 params = st.one_of(
     st.fixed_dictionaries(
         {"type": st.just("float"), "low": json_values | st.floats(-5, 5), "high": st.floats(-5, 5)},
-        optional={"log": st.booleans(), "step": st.floats(0, 3) | json_values},
+        optional={"log": st.booleans(), "step": st.floats(0, 3) | json_values, "when": conditions},
     ),
     st.fixed_dictionaries(
         {"type": st.just("int"), "low": st.integers(-5, 5), "high": st.integers(-5, 5)},
-        optional={"log": st.booleans(), "step": st.integers(-1, 3)},
+        optional={"log": st.booleans(), "step": st.integers(-1, 3), "when": conditions},
     ),
     st.fixed_dictionaries(
-        {"type": st.just("categorical"), "choices": st.lists(json_values, max_size=4)}
+        {"type": st.just("categorical"), "choices": st.lists(json_values, max_size=4)},
+        optional={"when": conditions},
     ),
     json_values,
 )
@@ -60,7 +69,9 @@ specs = st.fixed_dictionaries(
             ),
             max_size=3,
         ),
-        "search_space": st.dictionaries(st.sampled_from(["x", "y", "lr", "z"]), params, max_size=3),
+        "search_space": st.dictionaries(
+            st.sampled_from(["x", "y", "lr", "z", "kind"]), params, max_size=4
+        ),
         "sampler": named_args,
         "pruner": named_args | st.none(),
         "n_trials": st.integers(-2, 2_000_000) | json_values,
@@ -69,7 +80,8 @@ specs = st.fixed_dictionaries(
             st.sampled_from(["epochs", "sleep_s", "bogus"]), json_values, max_size=2
         ),
         "enqueue_trials": st.lists(
-            st.dictionaries(st.sampled_from(["x", "y", "q"]), json_values, max_size=2), max_size=2
+            st.dictionaries(st.sampled_from(["x", "y", "z", "kind", "q"]), json_values, max_size=3),
+            max_size=2,
         ),
         "workers": st.dictionaries(
             st.sampled_from(["count", "gpus_per_worker", "launcher", "image"]),

@@ -53,6 +53,23 @@ def _with(path: str, value: Any) -> dict[str, Any]:
     return spec
 
 
+# kind and y always; x only for the shifted kind; z only when y >= 1.
+CONDITIONAL: dict[str, Any] = {
+    "kind": {"type": "categorical", "choices": ["bowl", "shifted"]},
+    "y": {"type": "int", "low": -3, "high": 3},
+    "x": {"type": "float", "low": -5.0, "high": 5.0, "when": {"kind": ["shifted"]}},
+    "z": {"type": "float", "low": -1.0, "high": 1.0, "when": {"y": {"min": 1}}},
+}
+
+
+def _conditional(enqueue: list[dict[str, Any]] | None = None, **when: Any) -> dict[str, Any]:
+    """A synthetic spec of the CONDITIONAL space, with parameters' conditions replaced."""
+    space = copy.deepcopy(CONDITIONAL)
+    for name, condition in when.items():
+        space[name]["when"] = condition
+    return synthetic("cond", search_space=space, enqueue_trials=enqueue or [])
+
+
 BAD = [
     pytest.param(
         _with("search_space.lr.low", 0.5),
@@ -101,6 +118,79 @@ BAD = [
         "search_space.optimizer",
         "choice 1 is dict",
         id="object-choice",
+    ),
+    # Conditional parameters.
+    pytest.param(
+        _conditional(x={"w": ["a"]}),
+        "search_space.x.when.w",
+        "no parameter 'w'; parameters: ['kind', 'x', 'y', 'z']",
+        id="condition-on-unknown",
+    ),
+    pytest.param(
+        _conditional(z={"x": [1.0]}),
+        "search_space.z.when.x",
+        "x is a float: conditions read categorical or int parameters",
+        id="condition-on-float",
+    ),
+    pytest.param(
+        _conditional(x={"kind": ["round"]}),
+        "search_space.x.when.kind.0",
+        "kind never takes it: 'round' is not one of the choices",
+        id="condition-value-not-a-choice",
+    ),
+    pytest.param(
+        _conditional(z={"y": [7]}),
+        "search_space.z.when.y.0",
+        "y never takes it: 7 is outside [-3, 3]",
+        id="condition-value-outside-int-range",
+    ),
+    pytest.param(
+        _conditional(z={"y": [True]}),
+        "search_space.z.when.y.0",
+        "y never takes it: must be a number, got True",
+        id="condition-bool-for-int",
+    ),
+    pytest.param(
+        _conditional(x={"kind": {"min": 1}}),
+        "search_space.x.when.kind",
+        "kind is categorical: list the values",
+        id="range-condition-on-categorical",
+    ),
+    pytest.param(
+        _conditional(z={"y": {"min": 5}}),
+        "search_space.z.when.y",
+        "no value of y (-3 to 3) is in that range",
+        id="range-condition-outside",
+    ),
+    pytest.param(
+        _conditional(y={"y": [1]}),
+        "search_space.y.when.y",
+        "a parameter cannot depend on itself",
+        id="condition-on-itself",
+    ),
+    pytest.param(
+        _conditional(kind={"y": [1]}, y={"kind": ["bowl"]}),
+        "search_space",
+        "the conditions of ['kind', 'x', 'y', 'z'] depend on each other in a cycle",
+        id="condition-cycle",
+    ),
+    pytest.param(
+        _conditional(enqueue=[{"kind": "bowl", "y": 0, "x": 1.0}]),
+        "enqueue_trials.0.x",
+        "not searched when kind in ['shifted'] does not hold",
+        id="enqueued-inactive-parameter",
+    ),
+    pytest.param(
+        _conditional(enqueue=[{"kind": "bowl", "y": 2}]),
+        "enqueue_trials.0.z",
+        "searched when y in {'min': 1}: give it a value",
+        id="enqueued-active-parameter-left-out",
+    ),
+    pytest.param(
+        _conditional(enqueue=[{"x": 1.0}]),
+        "enqueue_trials.0.x",
+        "its condition reads ['kind']: give them too",
+        id="enqueued-child-without-parent",
     ),
     # Optuna finds a choice by ==: these are one value to it.
     pytest.param(
@@ -379,9 +469,9 @@ BAD = [
         id="grid-value-outside",
     ),
     pytest.param(
-        _with("search_space.momentum", {"type": "float", "low": 0.0, "high": 0.99}),
-        "search_space.momentum",
-        "task 'digits' has no parameter 'momentum'",
+        _with("search_space.weight_decay", {"type": "float", "low": 0.0, "high": 0.99}),
+        "search_space.weight_decay",
+        "task 'digits' has no parameter 'weight_decay'",
         id="unknown-task-parameter",
     ),
 ]
@@ -423,6 +513,25 @@ def test_good_spec_is_created_with_defaults_filled(client: TestClient) -> None:
     assert set(spec["search_space"]) == {"x", "y"}
     assert study["directions"] == ["minimize"]
     assert study["status"] == "running"
+
+
+def test_a_conditional_space_gets_grouped_tpe_unless_the_spec_names_a_sampler(
+    client: TestClient,
+) -> None:
+    spec = _conditional(enqueue=[{"kind": "shifted", "y": 2, "x": 1.0, "z": 0.5}])
+    response = client.post("/studies", json=spec)
+    assert response.status_code == 201, response.text
+    stored = response.json()["spec"]
+    assert stored["sampler"] == {
+        "name": "TPESampler",
+        "args": {"multivariate": True, "group": True},
+    }
+    assert stored["search_space"]["z"]["when"] == {"y": {"min": 1}}
+    assert stored["search_space"]["x"]["when"] == {"kind": ["shifted"]}
+    named = {**_conditional(), "name": "cond-random", "sampler": {"name": "RandomSampler"}}
+    response = client.post("/studies", json=named)
+    assert response.status_code == 201, response.text
+    assert response.json()["spec"]["sampler"] == {"name": "RandomSampler", "args": {}}
 
 
 def test_full_example_spec_is_accepted_and_warm_starts_enqueued(client: TestClient) -> None:

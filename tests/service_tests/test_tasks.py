@@ -30,10 +30,7 @@ def test_unknown_task_lists_the_registered_ones() -> None:
 
 def test_digits_reaches_95_percent_on_cpu() -> None:
     task = get_task("digits")
-    run = task.build(
-        {"lr": 0.01, "hidden": 128, "dropout": 0.1, "optimizer": "adam", "batch_size": 32},
-        dict(task.default_task_args),
-    )
+    run = task.build(dict(task.default_params), dict(task.default_task_args))
     Trainer(**run.trainer_args, seed=0, device="cpu").fit(run.model, run.datamodule)
     assert run.model.metrics["accuracy"] >= 0.95
 
