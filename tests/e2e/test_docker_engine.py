@@ -64,7 +64,12 @@ def _docker_env(engine: Dockerd, tmp_path: Path, database_url: str) -> dict[str,
 
 @contextlib.contextmanager
 def _service(
-    engine: Dockerd, database_url: str, tmp_path: Path, log_name: str = "service.log"
+    engine: Dockerd,
+    database_url: str,
+    tmp_path: Path,
+    log_name: str = "service.log",
+    *,
+    keep_containers: bool = False,
 ) -> Iterator[Service]:
     svc = start_service(
         database_url,
@@ -76,13 +81,19 @@ def _service(
         yield svc
     finally:
         stop_service(svc)
+        # What a failed test left running would hold names and GPUs in the next one.
+        label = f"{LABEL}.instance={instance_label(database_url)}"
+        for container in [] if keep_containers else _containers_labelled(engine, label):
+            container.remove(force=True)
+
+
+def _containers_labelled(engine: Dockerd, label: str) -> list[Any]:
+    found: list[Any] = engine.client().containers.list(all=True, filters={"label": label})
+    return found
 
 
 def _containers(engine: Dockerd, study: str) -> list[Any]:
-    found: list[Any] = engine.client().containers.list(
-        all=True, filters={"label": f"{LABEL}.study={study}"}
-    )
-    return found
+    return _containers_labelled(engine, f"{LABEL}.study={study}")
 
 
 def test_the_images_run_as_users_with_their_entrypoints_and_the_service_is_healthy(
@@ -245,7 +256,7 @@ def test_a_killed_service_adopts_its_containers_and_removes_strays(
         "adopted", n_trials=3, epochs=20, sleep_s=0.1, workers=1, launcher="docker",
         gpus_per_worker=3,
     )  # fmt: skip
-    with _service(docker_engine, postgres_url, tmp_path, "first.log") as svc:
+    with _service(docker_engine, postgres_url, tmp_path, "first.log", keep_containers=True) as svc:
         with svc.client() as client:
             assert client.post("/studies", json=spec).status_code == 201
             wait_for(
