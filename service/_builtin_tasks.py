@@ -143,3 +143,4 @@ class SyntheticModel(Model):
         loss += 1.0 / (1 + validation_cycle)
         self.metrics["loss"] = loss
         self.metrics["score"] = -loss
+        self.metrics["cost"] = x**2  # a second metric, for constraints

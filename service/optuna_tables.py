@@ -27,6 +27,7 @@ from sqlalchemy import (
     Text,
     bindparam,
     case,
+    cast,
     exists,
     func,
     select,
@@ -46,6 +47,7 @@ __all__ = [
     "budget_used",
     "budget_used_query",
     "has_retry",
+    "infeasible_clause",
     "optuna_study_id",
     "pareto_front",
     "reserved_trial",
@@ -306,8 +308,23 @@ def unretried_failures(session: Session | Connection, optuna_id: int) -> int:
     return sum(1 for number in failed if number not in retried)
 
 
+def infeasible_clause() -> Exists:
+    """True for a trial with a constraint value above 0 (Optuna's ``constraints:*``
+    system attributes, which the worker sets before the trial is told)."""
+    attrs = optuna_trial_system_attributes
+    return (
+        select(attrs.c.trial_id)
+        .where(
+            attrs.c.trial_id == optuna_trials.c.trial_id,
+            attrs.c.key.like("constraints:%"),
+            cast(attrs.c.value_json, Float) > 0,
+        )
+        .exists()
+    )
+
+
 def pareto_front(session: Session, optuna_id: int, directions: list[str]) -> list[TrialRead]:
-    """The COMPLETE trials that no other COMPLETE trial dominates."""
+    """The feasible COMPLETE trials that no other feasible COMPLETE trial dominates."""
     values: dict[int, list[float]] = defaultdict(list)
     rows = session.connection().execute(
         select(
@@ -318,6 +335,7 @@ def pareto_front(session: Session, optuna_id: int, directions: list[str]) -> lis
             optuna_trials.c.study_id == optuna_id,
             optuna_trials.c.state == "COMPLETE",
             optuna_trial_values.c.value_type == "FINITE",
+            ~infeasible_clause(),
         )
         .order_by(optuna_trials.c.trial_id, optuna_trial_values.c.objective)
     )

@@ -21,6 +21,7 @@ __all__ = [
     "NAME_PATTERN",
     "BestRead",
     "CategoricalParam",
+    "Constraint",
     "EnqueueRequest",
     "ErrorBody",
     "FieldError",
@@ -213,6 +214,32 @@ class Objective(_Strict):
     direction: Literal["minimize", "maximize"]
 
 
+class Constraint(_Strict):
+    """A bound on a metric the task produces, read at the end of training: a trial outside
+    it is infeasible (never the best) and samplers steer away from it."""
+
+    metric: str = Field(min_length=1, max_length=64)
+    max: float | None = Field(None, allow_inf_nan=False)
+    min: float | None = Field(None, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _check(self) -> Constraint:
+        if self.max is None and self.min is None:
+            raise ValueError("give max, min or both")
+        if self.max is not None and self.min is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        return self
+
+    def violations(self, value: float) -> dict[str, float]:
+        """Optuna's constraint values for ``value``: > 0 is violated by that much."""
+        bounds = {}
+        if self.max is not None:
+            bounds[f"{self.metric}.max"] = value - self.max
+        if self.min is not None:
+            bounds[f"{self.metric}.min"] = self.min - value
+        return bounds
+
+
 class NamedArgs(_Strict):
     """An Optuna sampler or pruner by class name, with its keyword arguments."""
 
@@ -255,6 +282,7 @@ class StudySpec(_Strict):
     task_args: dict[str, Any] = Field(default_factory=dict)
     enqueue_trials: list[dict[str, Any]] = Field(default_factory=list, max_length=10_000)
     workers: WorkersSpec = Field(default_factory=WorkersSpec)
+    constraints: list[Constraint] = Field(default_factory=list, max_length=8)
 
     @field_validator("objectives")
     @classmethod
@@ -381,7 +409,10 @@ class StudyRead(BaseModel):
     status_reason: str | None
     directions: list[str]
     n_trials: int
-    counts: dict[str, int]
+    counts: dict[str, int] = Field(
+        description="trials per state; with constraints, INFEASIBLE: COMPLETE trials that "
+        "broke one (they are in COMPLETE too)"
+    )
     best_trial: int | None
     best_value: float | None
     best_values: list[float | None] | None

@@ -236,6 +236,14 @@ def resolve_spec(spec: StudySpec, task: Task) -> StudySpec:
                     f"task {task.name!r} produces {list(task.metrics)}, not {objective.metric!r}",
                 )
             )
+    for i, constraint in enumerate(resolved.constraints):
+        if constraint.metric not in task.metrics:
+            errors.append(
+                (
+                    f"constraints.{i}.metric",
+                    f"task {task.name!r} produces {list(task.metrics)}, not {constraint.metric!r}",
+                )
+            )
     if multi and spec.pruner is not None and spec.pruner.name != "NopPruner":
         errors.append(("pruner", "a multi-objective study cannot prune; leave the pruner out"))
     for key, value in spec.task_args.items():

@@ -251,7 +251,9 @@ def read_study(session: Session, row: StudyRow) -> StudyRead:
         status_reason=row.status_reason,
         directions=directions,
         n_trials=spec.n_trials,
-        counts=stats.counts,
+        counts={**stats.counts, "INFEASIBLE": stats.infeasible}
+        if spec.constraints
+        else stats.counts,
         best_trial=best.number if best else None,
         best_value=best.value if best else None,
         best_values=[best.value] if best else None,

@@ -243,7 +243,7 @@ SYNTHETIC = register_task(
     Task(
         name="synthetic",
         description="A quadratic bowl that 'trains' in microseconds: for tests and benchmarks.",
-        metrics=("loss", "score"),
+        metrics=("loss", "score", "cost"),
         default_objectives=({"metric": "loss", "direction": "minimize"},),
         default_search_space={
             "x": {"type": "float", "low": -10.0, "high": 10.0},

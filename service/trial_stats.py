@@ -24,7 +24,12 @@ from typing import Any, NamedTuple
 from sqlalchemy import and_, bindparam, select
 from sqlalchemy.engine import Connection, Engine, Row
 
-from service.optuna_tables import TRIAL_STATES, optuna_trial_values, optuna_trials
+from service.optuna_tables import (
+    TRIAL_STATES,
+    infeasible_clause,
+    optuna_trial_values,
+    optuna_trials,
+)
 
 __all__ = ["REBUILD_S", "Best", "TrialStats", "trial_stats"]
 
@@ -36,6 +41,7 @@ _ROWS = select(
     optuna_trials.c.number,
     optuna_trials.c.state,
     optuna_trial_values.c.value,
+    infeasible_clause().label("infeasible"),
 ).outerjoin(
     optuna_trial_values,
     and_(
@@ -61,10 +67,12 @@ class Best(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class TrialStats:
-    """Trials per state (every state, zeros included) and the best COMPLETE trial."""
+    """Trials per state (every state, zeros included), the best feasible COMPLETE trial and
+    how many COMPLETE trials broke a constraint."""
 
     counts: dict[str, int]
     best: Best | None  # None for several objectives
+    infeasible: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +83,11 @@ class _Snapshot:
     open_ids: tuple[int, ...]  # seen unfinished: read again next time
     finished: dict[str, int]
     best: Best | None
+    infeasible: int
     built_at: float
 
 
-_EMPTY = _Snapshot(0, -1, 0, (), {}, None, 0.0)
+_EMPTY = _Snapshot(0, -1, 0, (), {}, None, 0, 0.0)
 _caches: weakref.WeakKeyDictionary[Engine, dict[tuple[int, str | None], _Snapshot]] = (
     weakref.WeakKeyDictionary()
 )
@@ -108,7 +117,7 @@ def trial_stats(conn: Connection, optuna_id: int, direction: str | None) -> Tria
     counts = dict.fromkeys(TRIAL_STATES, 0)
     counts.update(snapshot.finished)
     counts.update(unfinished)
-    return TrialStats(counts=counts, best=snapshot.best)
+    return TrialStats(counts=counts, best=snapshot.best, infeasible=snapshot.infeasible)
 
 
 def _advance(
@@ -131,10 +140,10 @@ def _advance(
         return None
     finished = Counter(old.finished)
     unfinished: Counter[str] = Counter()
-    best = old.best
+    best, infeasible = old.best, old.infeasible
     open_ids: list[int] = []
     last_id, last_number = old.last_id, old.last_number
-    for trial_id, number, state, value in [*reread, *rows]:
+    for trial_id, number, state, value, broke in [*reread, *rows]:
         if trial_id > last_id:
             last_id, last_number = trial_id, number
         if state not in _FINISHED:
@@ -142,14 +151,16 @@ def _advance(
             unfinished[state] += 1
             continue
         finished[state] += 1
-        if state == "COMPLETE" and value is not None and direction is not None:
+        if state == "COMPLETE" and broke:
+            infeasible += 1
+        elif state == "COMPLETE" and value is not None and direction is not None:
             best = _better(best, Best(number, value, trial_id), maximize=direction == "maximize")
     seen = old.seen + len(rows)
     if old is not _EMPTY and seen - old.seen != last_number - old.last_number:
         return None
     built_at = time.monotonic() if old is _EMPTY else old.built_at
     snapshot = _Snapshot(
-        last_id, last_number, seen, tuple(open_ids), dict(finished), best, built_at
+        last_id, last_number, seen, tuple(open_ids), dict(finished), best, infeasible, built_at
     )
     return snapshot, unfinished
 

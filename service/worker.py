@@ -338,9 +338,15 @@ class _Worker:
         finally:
             self.trainer = None
         _note_resume(trial, trainer)
-        missing = [m for m in self.metrics if m not in run.model.metrics]
+        constrained = [c.metric for c in self.spec.constraints]
+        missing = [m for m in [*self.metrics, *constrained] if m not in run.model.metrics]
         if missing:
             raise KeyError(f"the model produced no {missing}; metrics: {sorted(run.model.metrics)}")
+        # Before the trial is told: Optuna's samplers and best trial read these.
+        for constraint in self.spec.constraints:
+            value = float(run.model.metrics[constraint.metric])
+            for key, violation in constraint.violations(value).items():
+                trial.set_constraint(key, violation)
         return [float(run.model.metrics[m]) for m in self.metrics]
 
 

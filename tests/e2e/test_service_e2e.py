@@ -257,3 +257,25 @@ def test_a_conditional_study_searches_exactly_the_active_parameters(service: Ser
     # Both branches of both conditions were taken.
     assert {"x" in t.params for t in trials} == {True, False}
     assert {"z" in t.params for t in trials} == {True, False}
+
+
+def test_the_best_trial_is_the_best_feasible_one(service: Service) -> None:
+    # cost = x**2 <= 1: x = 2 has the lowest loss but breaks it; x = 0.9 is the best within.
+    enqueued = [{"x": 2.0, "y": 3}, {"x": 0.9, "y": 3}, {"x": -3.0, "y": 3}, {"x": 0.1, "y": 3}]
+    spec = synthetic(
+        "bounded", n_trials=4, epochs=2, enqueue_trials=enqueued,
+        constraints=[{"metric": "cost", "max": 1.0}],
+    )  # fmt: skip
+    with service.client() as client:
+        assert client.post("/studies", json=spec).status_code == 201
+        study = wait_for_status(client, "bounded", 120, service)
+        best = client.get("/studies/bounded/best").json()["trials"]
+    trials = {t.params["x"]: t for t in optuna_trials(service, "bounded")}
+    assert study["status"] == "finished", study["status_reason"]
+    assert study["counts"]["COMPLETE"] == 4
+    assert study["counts"]["INFEASIBLE"] == 2  # x = 2 and x = -3
+    assert trials[2.0].value < trials[0.9].value  # a better trial exists, infeasible
+    assert trials[2.0].constraints == {"cost.max": pytest.approx(3.0)}  # what Optuna reads
+    assert study["best_trial"] == trials[0.9].number
+    assert study["best_value"] == pytest.approx(trials[0.9].value)
+    assert [t["number"] for t in best] == [trials[0.9].number]

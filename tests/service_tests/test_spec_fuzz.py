@@ -83,6 +83,14 @@ specs = st.fixed_dictionaries(
             st.dictionaries(st.sampled_from(["x", "y", "z", "kind", "q"]), json_values, max_size=3),
             max_size=2,
         ),
+        "constraints": st.lists(
+            st.fixed_dictionaries(
+                {"metric": st.sampled_from(["loss", "cost", "nope"]) | json_values},
+                optional={"max": st.floats(-5, 5) | json_values, "min": st.floats(-5, 5)},
+            )
+            | json_values,
+            max_size=2,
+        ),
         "workers": st.dictionaries(
             st.sampled_from(["count", "gpus_per_worker", "launcher", "image"]),
             json_values,

@@ -119,6 +119,31 @@ BAD = [
         "choice 1 is dict",
         id="object-choice",
     ),
+    # Constraints.
+    pytest.param(
+        synthetic("bound", constraints=[{"metric": "latency_ms", "max": 10}]),
+        "constraints.0.metric",
+        "task 'synthetic' produces ['loss', 'score', 'cost'], not 'latency_ms'",
+        id="constraint-on-unknown-metric",
+    ),
+    pytest.param(
+        synthetic("bound", constraints=[{"metric": "cost"}]),
+        "constraints.0",
+        "give max, min or both",
+        id="constraint-without-bound",
+    ),
+    pytest.param(
+        synthetic("bound", constraints=[{"metric": "cost", "min": 2, "max": 1}]),
+        "constraints.0",
+        "min (2.0) must be <= max (1.0)",
+        id="constraint-min-above-max",
+    ),
+    pytest.param(
+        synthetic("bound", constraints=[{"metric": "cost", "max": True}]),
+        "constraints.0.max",
+        "valid number",
+        id="constraint-bound-true",
+    ),
     # Conditional parameters.
     pytest.param(
         _conditional(x={"w": ["a"]}),
