@@ -279,3 +279,21 @@ def test_the_best_trial_is_the_best_feasible_one(service: Service) -> None:
     assert study["best_trial"] == trials[0.9].number
     assert study["best_value"] == pytest.approx(trials[0.9].value)
     assert [t["number"] for t in best] == [trials[0.9].number]
+
+
+def test_the_pareto_front_holds_only_feasible_trials(service: Service) -> None:
+    # Minimize loss and cost; loss <= 3 leaves out x = 0, which no other trial dominates.
+    enqueued = [{"x": 2.0, "y": 3}, {"x": 1.0, "y": 3}, {"x": 0.0, "y": 3}]
+    spec = synthetic(
+        "front", n_trials=3, epochs=2, enqueue_trials=enqueued,
+        objectives=[{"metric": "loss", "direction": "minimize"},
+                    {"metric": "cost", "direction": "minimize"}],
+        constraints=[{"metric": "loss", "max": 3.0}],
+    )  # fmt: skip
+    with service.client() as client:
+        assert client.post("/studies", json=spec).status_code == 201
+        study = wait_for_status(client, "front", 120, service)
+        front = client.get("/studies/front/best").json()["trials"]
+    assert study["status"] == "finished", study["status_reason"]
+    assert study["counts"]["INFEASIBLE"] == 1
+    assert sorted(t["params"]["x"] for t in front) == [1.0, 2.0]
