@@ -10,10 +10,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
-    model_serializer,
     model_validator,
 )
 
@@ -66,11 +64,15 @@ def _fits_steps(low: float, high: float, step: float) -> bool:
     return math.isclose(n, round(n), rel_tol=0, abs_tol=1e-8)
 
 
+def _is_none(value: Any) -> bool:
+    return value is None
+
+
 class IntRange(_Strict):
     """Values of an int parameter from ``min`` to ``max`` (either may be left out)."""
 
-    min: int | None = None
-    max: int | None = None
+    min: int | None = Field(None, exclude_if=_is_none)
+    max: int | None = Field(None, exclude_if=_is_none)
 
     @model_validator(mode="after")
     def _check(self) -> IntRange:
@@ -95,19 +97,8 @@ Condition = Annotated[
 
 
 class _SearchedParam(_Strict):
-    when: Condition | None = None
-
-    @model_serializer(mode="wrap")
-    def _without_empty_when(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if data.get("when") is None:
-            data.pop("when", None)
-        elif isinstance(data["when"], dict):  # an int range: leave out an open end
-            data["when"] = {
-                parent: {k: v for k, v in c.items() if v is not None} if isinstance(c, dict) else c
-                for parent, c in data["when"].items()
-            }
-        return data
+    # Left out of responses when unset: a parameter without a condition reads as before.
+    when: Condition | None = Field(None, exclude_if=_is_none)
 
 
 class FloatParam(_SearchedParam):

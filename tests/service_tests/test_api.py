@@ -210,13 +210,17 @@ def test_tasks_health_and_docs(client: TestClient) -> None:
     digits = tasks["digits"]
     assert digits["metrics"] == ["accuracy", "loss"]
     assert digits["default_objectives"] == [{"metric": "accuracy", "direction": "maximize"}]
-    assert set(digits["default_search_space"]) == {
+    space = digits["default_search_space"]
+    assert set(space) == {
         "lr",
         "hidden",
         "dropout",
         "optimizer",
         "batch_size",
+        *["momentum", "beta1", "beta2"],
     }
+    assert space["momentum"]["when"] == {"optimizer": ["sgd"]}
+    assert "when" not in space["lr"]  # an unconditional parameter reads as before
     assert client.get("/healthz").json() == {"status": "ok"}
     schema = client.get("/openapi.json").json()
     assert {
