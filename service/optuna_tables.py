@@ -46,6 +46,7 @@ __all__ = [
     "TRIAL_STATES",
     "budget_used",
     "budget_used_query",
+    "WARM_START_KEY",
     "has_retry",
     "infeasible_clause",
     "optuna_study_id",
@@ -57,6 +58,7 @@ __all__ = [
     "study_exists_query",
     "study_name_query",
     "study_ref",
+    "study_system_attr",
     "trial_counts",
     "trial_page",
     "trials_by_id",
@@ -128,6 +130,19 @@ optuna_trial_system_attributes = Table(
     Column("value_json", Text),
 )
 
+optuna_study_system_attributes = Table(
+    "study_system_attributes",
+    _optuna,
+    Column("study_system_attribute_id", Integer, primary_key=True),
+    Column("study_id", Integer),
+    Column("key", String),
+    Column("value_json", Text),
+)
+
+# A trial copied in by a warm start carries this system attribute: it is the study's
+# (the sampler learns from it, it may be the best) but spends none of its budget.
+WARM_START_KEY = "helios_hpo:warm_start"
+
 optuna_trial_heartbeats = Table(
     "trial_heartbeats",
     _optuna,
@@ -194,12 +209,33 @@ def trial_counts(session: Session, optuna_id: int) -> dict[str, int]:
 
 
 def budget_used_query(optuna_id: int) -> Select[int]:
-    """A query counting the trials that count against ``n_trials``."""
+    """A query counting the trials that count against ``n_trials`` (not warm starts)."""
+    copied = (
+        select(optuna_trial_system_attributes.c.trial_id)
+        .where(
+            optuna_trial_system_attributes.c.trial_id == optuna_trials.c.trial_id,
+            optuna_trial_system_attributes.c.key == WARM_START_KEY,
+        )
+        .exists()
+    )
     return (
         select(func.count())
         .select_from(optuna_trials)
-        .where(optuna_trials.c.study_id == optuna_id, optuna_trials.c.state.in_(BUDGET_STATES))
+        .where(
+            optuna_trials.c.study_id == optuna_id,
+            optuna_trials.c.state.in_(BUDGET_STATES),
+            ~copied,
+        )
     )
+
+
+def study_system_attr(session: Session, optuna_id: int, key: str) -> Any:
+    """A system attribute of Optuna's study ``optuna_id`` (None when unset)."""
+    attrs = optuna_study_system_attributes
+    text = session.scalar(
+        select(attrs.c.value_json).where(attrs.c.study_id == optuna_id, attrs.c.key == key)
+    )
+    return None if text is None else json.loads(text)
 
 
 def study_name_query(optuna_id: int) -> Select[str]:

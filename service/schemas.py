@@ -37,6 +37,7 @@ __all__ = [
     "TaskRead",
     "TrialRead",
     "UnreadableSpecError",
+    "WarmStart",
     "WorkerRead",
     "WorkersPatch",
     "WorkersSpec",
@@ -231,6 +232,18 @@ class Constraint(_Strict):
         return bounds
 
 
+class WarmStart(_Strict):
+    """Start from an earlier study's finished trials (copied in; no budget spent)."""
+
+    from_study: str = Field(pattern=NAME_PATTERN, max_length=64)
+    trials: Literal["complete", "all_finished"] = Field(
+        "complete", description="complete: COMPLETE trials; all_finished: COMPLETE and PRUNED"
+    )
+    limit: int | None = Field(
+        None, ge=1, le=100_000, description="copy only the best K (by the first objective)"
+    )
+
+
 class NamedArgs(_Strict):
     """An Optuna sampler or pruner by class name, with its keyword arguments."""
 
@@ -274,6 +287,7 @@ class StudySpec(_Strict):
     enqueue_trials: list[dict[str, Any]] = Field(default_factory=list, max_length=10_000)
     workers: WorkersSpec = Field(default_factory=WorkersSpec)
     constraints: list[Constraint] = Field(default_factory=list, max_length=8)
+    warm_start: WarmStart | None = None
 
     @field_validator("objectives")
     @classmethod
@@ -411,6 +425,13 @@ class StudyRead(BaseModel):
     finished_at: dt.datetime | None
     spec: StudySpec
     workers: list[WorkerRead]
+    warm_started: int | None = Field(
+        None,
+        description="trials copied in by the spec's warm_start (in the counts, not the budget)",
+    )
+    warm_start_skipped: dict[str, int] | None = Field(
+        None, description="trials of the earlier study not copied, by reason"
+    )
 
 
 class TrialRead(BaseModel):

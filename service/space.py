@@ -41,6 +41,7 @@ __all__ = [
     "build_sampler",
     "distribution",
     "distributions",
+    "outside",
     "param_errors",
     "resolve_spec",
 ]
@@ -161,7 +162,7 @@ def _grid_errors(spec: StudySpec) -> list[tuple[str, str]]:
             errors += [
                 (f"{field}.{name}.{i}", why)
                 for i, value in enumerate(values)
-                if (why := _outside(value, dists[name])) is not None
+                if (why := outside(value, dists[name])) is not None
             ]
     return errors
 
@@ -288,7 +289,7 @@ def _condition_errors(space: dict[str, Param]) -> list[tuple[str, str]]:
                 errors += [
                     (f"{field}.{i}", f"{parent} never takes it: {why}")
                     for i, value in enumerate(condition)
-                    if (why := _outside(value, dist)) is not None
+                    if (why := outside(value, dist)) is not None
                 ]
     if not errors:
         try:
@@ -380,12 +381,12 @@ def param_errors(
             if name not in dists:
                 reason = f"not in the search space; parameters: {sorted(dists)}"
                 errors.append((f"{field}.{i}.{name}", reason))
-            elif (outside := _outside(value, dists[name])) is not None:
-                errors.append((f"{field}.{i}.{name}", outside))
+            elif (why := outside(value, dists[name])) is not None:
+                errors.append((f"{field}.{i}.{name}", why))
     return errors
 
 
-def _outside(value: Any, dist: BaseDistribution) -> str | None:
+def outside(value: Any, dist: BaseDistribution) -> str | None:
     """Why ``value`` is not in ``dist``, or None when it is."""
     if isinstance(dist, CategoricalDistribution):
         if not any(type(value) is type(c) and value == c for c in dist.choices):

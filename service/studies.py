@@ -33,6 +33,7 @@ from service.schemas import (
 from service.space import distributions, param_errors, resolve_spec
 from service.tasks import UnknownTaskError, get_task
 from service.trial_stats import TrialStats, trial_stats
+from service.warm_start import REPORT_KEY, check_warm_start, copy_warm_start
 
 __all__ = [
     "create_study",
@@ -85,6 +86,7 @@ def create_study(
         raise ConflictError(f"a study named {spec.name!r} exists; choose another name")
     if optuna_tables.optuna_study_id(session, spec.name) is not None:
         raise ConflictError(_optuna_name_taken(spec.name))
+    check_warm_start(session, resolved)
     # All or nothing across a crash: our row is committed first, as CREATING, then
     # Optuna's study and its warm starts; a row left CREATING by a service that died
     # is removed with its Optuna study when the service starts (remove_unfinished).
@@ -103,6 +105,8 @@ def create_study(
     try:
         directions = [o.direction for o in resolved.objectives or []]
         study = optuna.create_study(storage=storage, study_name=spec.name, directions=directions)
+        if resolved.warm_start is not None:
+            copy_warm_start(storage, study, resolved)
         for params in resolved.enqueue_trials:
             study.enqueue_trial(dict(params))
     except BaseException as exc:
@@ -244,6 +248,11 @@ def read_study(session: Session, row: StudyRow) -> StudyRead:
     spec = row.study_spec
     stats = _stats(session, optuna_id, directions)
     best = stats.best
+    warm = (
+        optuna_tables.study_system_attr(session, optuna_id, REPORT_KEY)
+        if spec.warm_start is not None
+        else None
+    )
     return StudyRead(
         name=row.name,
         task=row.task,
@@ -261,6 +270,8 @@ def read_study(session: Session, row: StudyRow) -> StudyRead:
         finished_at=row.finished_at,
         spec=spec,
         workers=_worker_reads(row.workers),
+        warm_started=warm["copied"] if warm else None,
+        warm_start_skipped=warm["skipped"] if warm else None,
     )
 
 

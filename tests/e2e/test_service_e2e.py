@@ -297,3 +297,48 @@ def test_the_pareto_front_holds_only_feasible_trials(service: Service) -> None:
     assert study["status"] == "finished", study["status_reason"]
     assert study["counts"]["INFEASIBLE"] == 1
     assert sorted(t["params"]["x"] for t in front) == [1.0, 2.0]
+
+
+def test_a_warm_started_study_copies_the_best_earlier_trials_outside_its_budget(
+    service: Service,
+) -> None:
+    first = synthetic("first", n_trials=8, epochs=3, workers=2)
+    # x in [-5, 5] here: earlier trials with x outside are skipped, and said so.
+    space = {
+        "x": {"type": "float", "low": -5.0, "high": 5.0},
+        "y": {"type": "int", "low": -10, "high": 10},
+    }
+    second = synthetic(
+        "second", n_trials=3, epochs=3, search_space=space,
+        warm_start={"from_study": "first", "trials": "complete", "limit": 3},
+    )  # fmt: skip
+    with service.client() as client:
+        assert client.post("/studies", json=first).status_code == 201
+        assert wait_for_status(client, "first", 120, service)["status"] == "finished"
+        created = client.post("/studies", json=second)
+        assert created.status_code == 201, created.text
+        study = wait_for_status(client, "second", 120, service)
+    earlier = [
+        t for t in optuna_trials(service, "first")
+        if t.state.name == "COMPLETE" and -5 <= t.params["x"] <= 5
+    ]  # fmt: skip
+    best_three = sorted(earlier, key=lambda t: (t.value, t.number))[:3]
+    trials = optuna_trials(service, "second")
+    copies = [t for t in trials if "helios_hpo:warm_start" in t.system_attrs]
+    outside = sum(
+        1 for t in optuna_trials(service, "first")
+        if t.state.name == "COMPLETE" and not -5 <= t.params["x"] <= 5
+    )  # fmt: skip
+
+    assert created.json()["warm_started"] == 3
+    assert study["warm_started"] == 3
+    assert study["warm_start_skipped"] == (
+        {"x: outside its range here": outside} if outside else {}
+    )
+    assert [(t.params, t.value, t.intermediate_values) for t in copies] == [
+        (t.params, t.value, t.intermediate_values) for t in best_three
+    ]
+    # The copies spend none of the budget: 3 trials of its own ran.
+    assert study["status"] == "finished", study["status_reason"]
+    assert len(trials) - len(copies) == 3
+    assert study["counts"]["COMPLETE"] + study["counts"]["PRUNED"] == 6

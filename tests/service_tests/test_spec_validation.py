@@ -119,6 +119,19 @@ BAD = [
         "choice 1 is dict",
         id="object-choice",
     ),
+    # Warm starts.
+    pytest.param(
+        synthetic("warm", warm_start={"from_study": "a", "trials": "some"}),
+        "warm_start.trials",
+        "'complete' or 'all_finished'",
+        id="warm-start-trials-unknown",
+    ),
+    pytest.param(
+        synthetic("warm", warm_start={"from_study": "a", "limit": 0}),
+        "warm_start.limit",
+        "greater than or equal to 1",
+        id="warm-start-limit-zero",
+    ),
     # Constraints.
     pytest.param(
         synthetic("bound", constraints=[{"metric": "latency_ms", "max": 10}]),
@@ -557,6 +570,29 @@ def test_a_conditional_space_gets_grouped_tpe_unless_the_spec_names_a_sampler(
     response = client.post("/studies", json=named)
     assert response.status_code == 201, response.text
     assert response.json()["spec"]["sampler"] == {"name": "RandomSampler", "args": {}}
+
+
+def test_a_warm_start_from_no_study_or_other_directions_is_422_and_writes_nothing(
+    client: TestClient, settings: Settings
+) -> None:
+    spec = synthetic("warm", warm_start={"from_study": "nowhere"})
+    response = client.post("/studies", json=spec)
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"] == [
+        {"field": "warm_start.from_study", "message": "no study named 'nowhere' to start from"}
+    ]
+    _nothing_written(settings)
+    storage = optuna_storage(settings.database_url)
+    optuna.create_study(study_name="upward", storage=storage, direction="maximize")
+    response = client.post("/studies", json={**spec, "warm_start": {"from_study": "upward"}})
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"] == [
+        {
+            "field": "warm_start.from_study",
+            "message": "'upward' optimizes ['maximize']; this study ['minimize']",
+        }
+    ]
+    assert optuna.get_all_study_names(storage) == ["upward"]  # nothing else written
 
 
 def test_full_example_spec_is_accepted_and_warm_starts_enqueued(client: TestClient) -> None:

@@ -1,0 +1,126 @@
+"""Warm start: an earlier study's finished trials copied into a new study.
+
+The copies carry ``WARM_START_KEY``: the sampler learns from them and one may be the
+best, but they spend none of the new study's ``n_trials``. Only trials whose parameters
+are exactly what the new space searches for their values, each inside its new
+distribution, are copied; the rest are counted by reason.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.orm import Session
+
+from service import optuna_tables
+from service.conditions import condition_holds, suggestion_order
+from service.errors import SpecError
+from service.schemas import StudySpec
+from service.space import distributions, outside
+
+__all__ = ["REPORT_KEY", "check_warm_start", "copy_warm_start"]
+
+REPORT_KEY = "helios_hpo:warm_start_report"
+_STATES = {
+    "complete": (TrialState.COMPLETE,),
+    "all_finished": (TrialState.COMPLETE, TrialState.PRUNED),
+}
+
+
+def check_warm_start(session: Session, spec: StudySpec) -> None:
+    """Refuse a warm start from a study that is not there or optimizes other directions.
+
+    Raises:
+        SpecError: naming ``warm_start.from_study``.
+    """
+    if spec.warm_start is None:
+        return
+    field, name = "warm_start.from_study", spec.warm_start.from_study
+    optuna_id = optuna_tables.optuna_study_id(session, name)
+    if optuna_id is None:
+        raise SpecError([(field, f"no study named {name!r} to start from")])
+    theirs = optuna_tables.study_directions(session, optuna_id)
+    ours = [o.direction for o in spec.objectives or []]
+    if theirs != ours:
+        raise SpecError([(field, f"{name!r} optimizes {theirs}; this study {ours}")])
+
+
+def copy_warm_start(
+    storage: optuna.storages.BaseStorage, study: optuna.Study, spec: StudySpec
+) -> dict[str, Any]:
+    """Copy the fitting trials of the spec's earlier study into ``study``; the report
+    (``{"copied": K, "skipped": {reason: count}}``) is kept with the study."""
+    assert spec.warm_start is not None  # noqa: S101 (checked by the caller)
+    source = optuna.load_study(study_name=spec.warm_start.from_study, storage=storage)
+    trials = source.get_trials(deepcopy=False, states=_STATES[spec.warm_start.trials])
+    dists = distributions(spec)
+    space = {name: param.model_dump() for name, param in (spec.search_space or {}).items()}
+    order = suggestion_order(space)
+    skipped: Counter[str] = Counter()
+    fitting = []
+    for trial in trials:
+        why = _misfit(trial, dists, space, order)
+        if why is None:
+            fitting.append(trial)
+        else:
+            skipped[why] += 1
+    if spec.warm_start.limit is not None:
+        fitting = _best(fitting, study.directions[0])[: spec.warm_start.limit]
+    study.add_trials([_copy(trial, dists, spec.warm_start.from_study) for trial in fitting])
+    report: dict[str, Any] = {"copied": len(fitting), "skipped": dict(skipped)}
+    storage.set_study_system_attr(
+        storage.get_study_id_from_name(study.study_name), REPORT_KEY, report
+    )
+    return report
+
+
+def _misfit(
+    trial: FrozenTrial,
+    dists: dict[str, optuna.distributions.BaseDistribution],
+    space: dict[str, dict[str, Any]],
+    order: list[str],
+) -> str | None:
+    """Why ``trial`` does not fit the new space, or None when it does."""
+    for name, value in trial.params.items():
+        if name not in dists:
+            return f"{name}: not in this search space"
+        if outside(value, dists[name]) is not None:
+            return f"{name}: outside its range here"
+    searched: dict[str, Any] = {}
+    for name in order:
+        if condition_holds(space[name].get("when"), searched):
+            if name not in trial.params:
+                return f"{name}: searched here, absent from the trial"
+            searched[name] = trial.params[name]
+        elif name in trial.params:
+            return f"{name}: not searched here for the trial's values"
+    return None
+
+
+def _best(trials: list[FrozenTrial], direction: optuna.study.StudyDirection) -> list[FrozenTrial]:
+    """COMPLETE trials best first by the first objective, then the rest by number."""
+    sign = -1.0 if direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+    rest = [t for t in trials if t not in complete]
+    return sorted(complete, key=lambda t: (sign * t.values[0], t.number)) + rest
+
+
+def _copy(
+    trial: FrozenTrial, dists: dict[str, optuna.distributions.BaseDistribution], source: str
+) -> FrozenTrial:
+    return optuna.trial.create_trial(
+        state=trial.state,
+        params=dict(trial.params),
+        distributions={name: dists[name] for name in trial.params},
+        values=trial.values if trial.state == TrialState.COMPLETE else None,
+        intermediate_values=dict(trial.intermediate_values),
+        user_attrs=dict(trial.user_attrs),
+        system_attrs={
+            optuna_tables.WARM_START_KEY: {"study": source, "trial": trial.number},
+            # Constraint values, for samplers and the feasible best.
+            **{k: v for k, v in trial.system_attrs.items() if k.startswith("constraints:")},
+        },
+    )
