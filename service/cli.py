@@ -276,7 +276,8 @@ def _submit(args: argparse.Namespace) -> int:
 
         def show(study: dict[str, Any]) -> None:
             bar.total = study["n_trials"]
-            bar.update(finished_trials(study["counts"]) - bar.n)
+            own = finished_trials(study["counts"]) - (study.get("warm_started") or 0)
+            bar.update(own - bar.n)
             bar.set_postfix(best=study["best_value"], failed=study["counts"]["FAIL"])
 
         path = f"/studies/{quote(name)}"

@@ -193,15 +193,26 @@ def study_ref(session: Session, name: str) -> tuple[int, list[str]] | None:
     return rows[0][0], [direction.lower() for _, direction in rows]
 
 
+def _warm_start_copy() -> Exists:
+    """True for a trial a warm start copied in."""
+    attrs = optuna_trial_system_attributes
+    return (
+        select(attrs.c.trial_id)
+        .where(attrs.c.trial_id == optuna_trials.c.trial_id, attrs.c.key == WARM_START_KEY)
+        .exists()
+    )
+
+
 _COUNTS = (
     select(optuna_trials.c.state, func.count())
-    .where(optuna_trials.c.study_id == bindparam("study_id"))
+    .where(optuna_trials.c.study_id == bindparam("study_id"), ~_warm_start_copy())
     .group_by(optuna_trials.c.state)
 )
 
 
 def trial_counts(session: Session, optuna_id: int) -> dict[str, int]:
-    """Number of trials per state (every state present, zeros included)."""
+    """The study's own trials per state (every state present, zeros included; warm-start
+    copies left out): what its budget and failure rules count."""
     counts = dict.fromkeys(TRIAL_STATES, 0)
     for state, count in session.connection().execute(_COUNTS, {"study_id": optuna_id}):
         counts[state] = count
@@ -210,21 +221,13 @@ def trial_counts(session: Session, optuna_id: int) -> dict[str, int]:
 
 def budget_used_query(optuna_id: int) -> Select[int]:
     """A query counting the trials that count against ``n_trials`` (not warm starts)."""
-    copied = (
-        select(optuna_trial_system_attributes.c.trial_id)
-        .where(
-            optuna_trial_system_attributes.c.trial_id == optuna_trials.c.trial_id,
-            optuna_trial_system_attributes.c.key == WARM_START_KEY,
-        )
-        .exists()
-    )
     return (
         select(func.count())
         .select_from(optuna_trials)
         .where(
             optuna_trials.c.study_id == optuna_id,
             optuna_trials.c.state.in_(BUDGET_STATES),
-            ~copied,
+            ~_warm_start_copy(),
         )
     )
 
