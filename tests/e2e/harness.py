@@ -132,6 +132,12 @@ def study_summary(client: httpx.Client, name: str) -> dict[str, Any]:
     return study
 
 
+def latest_checkpoint_epoch(folder: Path) -> int:
+    """The epoch of the newest checkpoint in ``folder`` (-1 when there is none)."""
+    epochs = [int(p.name.split("_epoch")[1][:5]) for p in folder.glob("*_epoch*_iter*.pth")]
+    return max(epochs, default=-1)
+
+
 def optuna_trials(svc: Service, name: str) -> list[Any]:
     """The study's trials as Optuna itself loads them from the same database."""
     import optuna

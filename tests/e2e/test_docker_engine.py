@@ -27,6 +27,8 @@ from service.lifecycle import finished_trials
 from tests.dockerd import SERVICE_IMAGE, WORKER_IMAGE, Dockerd, cache_dir, engine_tools
 from tests.e2e.harness import (
     Service,
+    latest_checkpoint_epoch,
+    optuna_trials,
     start_service,
     stop_service,
     study_summary,
@@ -230,6 +232,33 @@ def test_killed_and_stopped_containers_retry_their_trials(
     assert study["status"] == "finished", study["status_reason"]
     assert study["counts"]["COMPLETE"] + study["counts"]["PRUNED"] == 4
     assert sorted(t["number"] for t in trials if t["state"] == "FAIL") == sorted(hit)
+
+
+def test_a_killed_containers_trial_is_retried_from_its_checkpoint(
+    docker_engine: Dockerd, postgres_url: str, tmp_path: Path
+) -> None:
+    params = {
+        "lr": 0.01, "hidden": 64, "dropout": 0.0, "optimizer": "adam", "batch_size": 32,
+        "beta1": 0.9, "beta2": 0.999,
+    }  # fmt: skip
+    spec = {
+        "name": "resumed", "task": "digits", "n_trials": 1, "task_args": {"epochs": 60},
+        "enqueue_trials": [params], "workers": {"count": 1, "launcher": "docker"},
+    }  # fmt: skip
+    # The container writes checkpoints to the service's data folder (a bind mount).
+    chkpts = tmp_path / "data" / "studies" / "resumed" / "trials" / "0"
+    with _service(docker_engine, postgres_url, tmp_path) as svc, svc.client() as client:
+        assert client.post("/studies", json=spec).status_code == 201
+        wait_for(lambda: latest_checkpoint_epoch(chkpts) >= 3, 180, "a checkpoint at epoch >= 3")
+        (container,) = [c for c in _containers(docker_engine, "resumed") if c.status == "running"]
+        container.kill()
+        study = wait_for_status(client, "resumed", 300, svc)
+        first, retry = optuna_trials(svc, "resumed")
+    assert study["status"] == "finished", study["status_reason"]
+    assert (first.state.name, retry.state.name) == ("FAIL", "COMPLETE")
+    assert retry.params == first.params
+    assert retry.user_attrs["resumed_from_epoch"] >= 3
+    assert retry.user_attrs["epochs_trained"] == 60 - retry.user_attrs["resumed_from_epoch"]
 
 
 def test_a_container_that_crashes_at_start_fails_the_study_with_its_log(

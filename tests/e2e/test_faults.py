@@ -19,6 +19,7 @@ from service.tasks import get_task
 from service.worker import trial_seed
 from tests.e2e.harness import (
     Service,
+    latest_checkpoint_epoch,
     optuna_trials,
     start_service,
     stop_service,
@@ -86,12 +87,6 @@ def test_chaos_sigkill_workers_every_few_seconds(service: Service) -> None:
 EPOCHS = 60  # ~40 ms each here: the kill lands mid-trial
 
 
-def _latest_epoch(folder: Path) -> int:
-    """The epoch of the newest checkpoint in ``folder`` (-1 when there is none)."""
-    epochs = [int(p.name.split("_epoch")[1][:5]) for p in folder.glob("*_epoch*_iter*.pth")]
-    return max(epochs, default=-1)
-
-
 def test_retry_resumes_from_the_checkpoint_with_the_same_result(service: Service) -> None:
     params = {
         "lr": 0.01, "hidden": 64, "dropout": 0.0, "optimizer": "adam", "batch_size": 32,
@@ -108,7 +103,9 @@ def test_retry_resumes_from_the_checkpoint_with_the_same_result(service: Service
     chkpts = service.data_dir / "studies" / "resume" / "trials" / "0"
     with service.client() as client:
         assert client.post("/studies", json=spec).status_code == 201
-        wait_for(lambda: _latest_epoch(chkpts) >= 3, 120, "a checkpoint at epoch 3 or later")
+        wait_for(
+            lambda: latest_checkpoint_epoch(chkpts) >= 3, 120, "a checkpoint at epoch 3 or later"
+        )
         (worker,) = client.get("/studies/resume/workers").json()
         os.kill(worker["pid"], signal.SIGKILL)
         study = wait_for_status(client, "resume", 180, service)
