@@ -190,7 +190,10 @@ class DockerLauncher:
     def find(self, study: str, worker_id: int) -> WorkerHandle | None:
         labels = [f"{LABEL}.instance={self.instance}", f"{LABEL}.worker-id={worker_id}"]
         for host in self.hosts:
-            found = self.client(host).containers.list(all=True, filters={"label": labels})
+            # ignore_removed: one removed while listed (the SDK inspects each) is not an error.
+            found = self.client(host).containers.list(
+                all=True, filters={"label": labels}, ignore_removed=True
+            )
             if found:
                 return self._handle(host, found[0])
         return None
@@ -262,7 +265,9 @@ class DockerLauncher:
         for host in self.hosts:
             try:
                 containers = self.client(host).containers.list(
-                    all=True, filters={"label": f"{LABEL}.instance={self.instance}"}
+                    all=True,
+                    filters={"label": f"{LABEL}.instance={self.instance}"},
+                    ignore_removed=True,
                 )
                 for container in containers:
                     if f"{host}/{container.id}" not in known:

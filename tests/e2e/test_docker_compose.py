@@ -112,6 +112,7 @@ class Stack:
                     f"com.docker.compose.service={service}",
                 ]
             },
+            ignore_removed=True,
         )
         return found
 

@@ -90,7 +90,10 @@ def _service(
 
 
 def _containers_labelled(engine: Dockerd, label: str) -> list[Any]:
-    found: list[Any] = engine.client().containers.list(all=True, filters={"label": label})
+    # The supervisor removes ended containers meanwhile: not an error here.
+    found: list[Any] = engine.client().containers.list(
+        all=True, filters={"label": label}, ignore_removed=True
+    )
     return found
 
 

@@ -183,6 +183,28 @@ def test_cli_submit_waits_with_progress(service: Service, tmp_path: Path) -> Non
     assert again.returncode == 2  # a user's error
     assert "409 a study named 'cli' exists" in again.stderr
 
+    # A YAML spec with a conditional parameter, a constraint and a warm start from 'cli':
+    # the progress bar counts the study's own trials, not the copies.
+    warm = tmp_path / "warm.yaml"
+    warm.write_text(
+        "name: cli-warm\ntask: synthetic\nn_trials: 2\ntask_args: {epochs: 2}\n"
+        "search_space:\n"
+        "  y: {type: int, low: -10, high: 10}\n"
+        "  x: {type: float, low: -10.0, high: 10.0, when: {y: {min: -10}}}\n"
+        "constraints: [{metric: cost, max: 100.0}]\n"
+        "warm_start: {from_study: cli}\n"
+    )
+    warmed = subprocess.run(
+        [sys.executable, "-m", "service.cli", "submit", str(warm), "--wait", "--url", service.url],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert warmed.returncode == 0, warmed.stdout + warmed.stderr
+    assert "study 'cli-warm' finished" in warmed.stdout
+    assert "2/2" in warmed.stderr
+
 
 def _readme_spec() -> dict[str, object]:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
@@ -239,13 +261,13 @@ def test_a_conditional_study_searches_exactly_the_active_parameters(service: Ser
     }
     first = {"kind": "shifted", "y": 2, "x": 1.5, "z": 0.5}
     spec = synthetic(
-        "branches", search_space=space, n_trials=20, epochs=1, workers=2, enqueue_trials=[first]
+        "branches", search_space=space, n_trials=30, epochs=1, workers=2, enqueue_trials=[first]
     )
     with service.client() as client:
         assert client.post("/studies", json=spec).status_code == 201
         study = wait_for_status(client, "branches", 240, service)
     assert study["status"] == "finished", study["status_reason"]
-    assert study["counts"]["COMPLETE"] + study["counts"]["PRUNED"] == 20
+    assert study["counts"]["COMPLETE"] + study["counts"]["PRUNED"] == 30
     trials = [t for t in optuna_trials(service, "branches") if t.state.name != "FAIL"]
     assert trials[0].params == first  # enqueued, every active parameter given
     for trial in trials:

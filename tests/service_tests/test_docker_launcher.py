@@ -241,3 +241,38 @@ def test_a_container_removed_while_its_log_is_read_reads_as_gone(
     finally:
         with contextlib.suppress(Exception):
             container.remove(force=True)
+
+
+@pytest.mark.docker
+def test_a_container_removed_while_listed_is_not_found_rather_than_an_error(
+    settings: Settings, docker_engine: Dockerd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Listing inspects each container: one removed in between (its worker ended and the
+    # supervisor removed it) made find() raise inside the supervisor's tick, and
+    # remove_strays() report its host unreachable.
+    client = docker_engine.client()
+    host = DockerHost(name="a", url=docker_engine.url, gpus=[])
+    launcher = docker_launcher(
+        settings.model_copy(update={"docker": DockerSettings(hosts=[host])}), lambda _: client
+    )
+    assert launcher is not None
+    from docker.models.containers import ContainerCollection
+
+    looked_up = ContainerCollection.get
+
+    def removed_first(self: ContainerCollection, container_id: str) -> Any:
+        client.api.remove_container(container_id, force=True)
+        return looked_up(self, container_id)
+
+    monkeypatch.setattr(ContainerCollection, "get", removed_first)
+    for listing in (lambda: launcher.find("any", 5), lambda: launcher.remove_strays(set())):
+        container = client.api.create_container(
+            WORKER_IMAGE,
+            entrypoint=["sleep", "60"],
+            labels={f"{LABEL}.instance": launcher.instance, f"{LABEL}.worker-id": "5"},
+        )
+        try:
+            assert listing() in (None, True)  # not found; the host was reached
+        finally:
+            with contextlib.suppress(Exception):
+                client.api.remove_container(container["Id"], force=True)

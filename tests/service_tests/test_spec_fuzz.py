@@ -83,6 +83,14 @@ specs = st.fixed_dictionaries(
             st.dictionaries(st.sampled_from(["x", "y", "z", "kind", "q"]), json_values, max_size=3),
             max_size=2,
         ),
+        "warm_start": st.fixed_dictionaries(
+            {"from_study": st.sampled_from(["nowhere", "warm"]) | json_values},
+            optional={
+                "trials": st.sampled_from(["complete", "all_finished", "some"]),
+                "limit": st.integers(-1, 5) | json_values,
+            },
+        )
+        | json_values,
         "constraints": st.lists(
             st.fixed_dictionaries(
                 {"metric": st.sampled_from(["loss", "cost", "nope"]) | json_values},
