@@ -81,8 +81,14 @@ class TestSharedGpu:
         )
         with service.client() as client:
             assert client.post("/studies", json=spec).status_code == 201
+            # Rows are written before their processes start: wait for both to run.
             wait_for(
-                lambda: len(client.get("/studies/sharing/workers").json()) == 2, 60, "two workers"
+                lambda: (
+                    [w["state"] for w in client.get("/studies/sharing/workers").json()]
+                    == ["running", "running"]
+                ),
+                60,
+                "two running workers",
             )
         os.killpg(service.process.pid, signal.SIGKILL)
         service.process.wait()
