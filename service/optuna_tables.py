@@ -193,14 +193,19 @@ def study_ref(session: Session, name: str) -> tuple[int, list[str]] | None:
     return rows[0][0], [direction.lower() for _, direction in rows]
 
 
-def _warm_start_copy() -> Exists:
-    """True for a trial a warm start copied in."""
+def _has_system_attr(*where: Any) -> Exists:
+    """True for a trial with a system attribute matching ``where``."""
     attrs = optuna_trial_system_attributes
     return (
         select(attrs.c.trial_id)
-        .where(attrs.c.trial_id == optuna_trials.c.trial_id, attrs.c.key == WARM_START_KEY)
+        .where(attrs.c.trial_id == optuna_trials.c.trial_id, *where)
         .exists()
     )
+
+
+def _warm_start_copy() -> Exists:
+    """True for a trial a warm start copied in."""
+    return _has_system_attr(optuna_trial_system_attributes.c.key == WARM_START_KEY)
 
 
 _COUNTS = (
@@ -351,15 +356,7 @@ def infeasible_clause() -> Exists:
     """True for a trial with a constraint value above 0 (Optuna's ``constraints:*``
     system attributes, which the worker sets before the trial is told)."""
     attrs = optuna_trial_system_attributes
-    return (
-        select(attrs.c.trial_id)
-        .where(
-            attrs.c.trial_id == optuna_trials.c.trial_id,
-            attrs.c.key.like("constraints:%"),
-            cast(attrs.c.value_json, Float) > 0,
-        )
-        .exists()
-    )
+    return _has_system_attr(attrs.c.key.like("constraints:%"), cast(attrs.c.value_json, Float) > 0)
 
 
 def pareto_front(session: Session, optuna_id: int, directions: list[str]) -> list[TrialRead]:
