@@ -558,7 +558,10 @@ def _pick_device(
     device: str | torch.device | None, env: distributed.DistributedEnv
 ) -> torch.device:
     if device is not None:
-        return torch.device(device)
+        picked = torch.device(device)
+        if picked.type == "cuda" and picked.index is None:  # "cuda": this rank's GPU
+            return torch.device("cuda", env.local_rank)
+        return picked
     if torch.cuda.is_available():
         return torch.device("cuda", env.local_rank)
     return torch.device("cpu")

@@ -318,8 +318,16 @@ def test_cuda_plugin_moves_nested_batches_to_the_gpu() -> None:
 
 
 @pytest.mark.gpu
-def test_fit_on_gpu_with_cuda_plugin() -> None:
+@pytest.mark.parametrize("device", [None, "cuda"])
+def test_fit_on_gpu_with_cuda_plugin(device: str | None) -> None:
     model = BoringModel()
-    Trainer(total_steps=3, seed=0, plugins=[CUDAPlugin()]).fit(model, BoringData())
+    trainer = Trainer(total_steps=3, seed=0, device=device, plugins=[CUDAPlugin()])
+    trainer.fit(model, BoringData())
     assert next(model.net.parameters()).is_cuda
     assert model.metrics["accuracy"] > 0.6
+
+
+def test_a_gpu_named_without_index_is_the_ranks_own() -> None:
+    # torch.cuda.set_device refuses a bare "cuda"; the first GPU run failed on it.
+    assert Trainer(total_steps=1, device="cuda").device == torch.device("cuda", 0)
+    assert Trainer(total_steps=1, device="cuda:0").device == torch.device("cuda", 0)
