@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import datetime as dt
 import os
 from typing import TypeVar
 
@@ -41,11 +42,16 @@ def detect() -> DistributedEnv:
     )
 
 
-def init_process_group(device: torch.device) -> None:
-    """Join the process group (nccl on CUDA, gloo otherwise) once per process."""
+def init_process_group(device: torch.device, timeout: dt.timedelta | None = None) -> None:
+    """Join the process group (nccl on CUDA, gloo otherwise) once per process.
+
+    ``timeout`` bounds each collective: a rank waiting on one that died raises after it
+    (None: torch's default).
+    """
     if dist.is_initialized():
         return
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, timeout=timeout)
     atexit.register(_destroy)
 
 
@@ -54,6 +60,8 @@ def _destroy() -> None:
     if dist.is_initialized():
         try:
             dist.barrier()
+        except RuntimeError:  # a peer is gone already: nobody to wait for
+            pass
         finally:
             dist.destroy_process_group()
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import TensorDataset
 
 from helios import DataLoaderParams, DataModule, Model, TrainingState
@@ -35,8 +38,9 @@ class DigitsData(DataModule):
         self.valid_dataset = TensorDataset(x[valid], y[valid])
         self.test_dataset = self.valid_dataset
         self.train_params = DataLoaderParams(batch_size=self.batch_size, shuffle=True)
-        self.valid_params = DataLoaderParams(batch_size=512)
-        self.test_params = DataLoaderParams(batch_size=512)
+        # Every rank validates on all of it: the ranks' metrics agree.
+        self.valid_params = DataLoaderParams(batch_size=512, is_distributed=False)
+        self.test_params = DataLoaderParams(batch_size=512, is_distributed=False)
 
 
 class DigitsModel(Model):
@@ -62,6 +66,13 @@ class DigitsModel(Model):
             nn.Dropout(self.dropout),
             nn.Linear(self.hidden, 10),
         ).to(self.device)
+        # Trains through DDP on several ranks; a partial, not a module, so checkpoints
+        # hold the network once and load on any number of ranks.
+        train_net: nn.Module = self.net
+        if self.is_distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            train_net = DistributedDataParallel(self.net, device_ids=ids)
+        self._forward: Callable[[torch.Tensor], torch.Tensor] = functools.partial(train_net)
         if self.optimizer_name == "adam":
             self.optimizer: torch.optim.Optimizer = torch.optim.Adam(
                 self.net.parameters(), lr=self.lr, betas=self.betas
@@ -76,7 +87,7 @@ class DigitsModel(Model):
 
     def train_step(self, batch: Any, state: TrainingState) -> torch.Tensor:
         x, y = batch
-        return F.cross_entropy(self.net(x), y)
+        return F.cross_entropy(self._forward(x), y)
 
     def on_validation_start(self, validation_cycle: int) -> None:
         self._correct, self._loss, self._total = 0, 0.0, 0

@@ -267,6 +267,25 @@ class WorkersSpec(_Strict):
         max_length=256,
         description="docker: the worker image; the operator's default or one they allow",
     )
+    ranks_per_trial: int | Literal["auto"] = Field(
+        1,
+        description="processes that train each trial together (distributed data parallel "
+        "under torchrun), 1 to 16; auto: one per GPU",
+    )
+
+    @field_validator("ranks_per_trial", mode="before")
+    @classmethod
+    def _ranks(cls, value: object) -> object:
+        if value == "auto" or (type(value) is int and 1 <= value <= 16):
+            return value
+        raise ValueError(f"must be an integer from 1 to 16, or 'auto'; got {value!r}")
+
+    @property
+    def ranks(self) -> int:
+        """How many ranks train each trial: ``auto`` is one per GPU (one on a CPU)."""
+        if self.ranks_per_trial == "auto":
+            return max(self.gpus_per_worker, 1)
+        return self.ranks_per_trial
 
 
 class StudySpec(_Strict):

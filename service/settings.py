@@ -113,6 +113,13 @@ class Settings(BaseSettings):
     db_retry_s: float = Field(
         120.0, gt=0, description="How long workers retry while the database is away."
     )
+    ddp_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="The longest a rank of a several-rank trial waits on the others (a "
+        "collective) before it gives up; it must outlast db_retry_s, which rank 0 may spend "
+        "between trials while the others wait.",
+    )
     # The Docker launcher (workers.launcher = "docker"): HELIOS_HPO_DOCKER_*.
     docker: DockerSettings = Field(default_factory=lambda: DockerSettings())
     workers_per_gpu: int = Field(1, ge=1, le=64)

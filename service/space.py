@@ -31,6 +31,7 @@ from service.schemas import (
     Objective,
     Param,
     StudySpec,
+    WorkersSpec,
 )
 from service.tasks import Task
 
@@ -199,6 +200,19 @@ def distributions(spec: StudySpec) -> dict[str, BaseDistribution]:
     return {name: distribution(param) for name, param in (spec.search_space or {}).items()}
 
 
+def _rank_errors(workers: WorkersSpec, task: Task) -> list[tuple[str, str]]:
+    """Why a trial cannot train on ``workers.ranks`` ranks."""
+    field, ranks, gpus = "workers.ranks_per_trial", workers.ranks, workers.gpus_per_worker
+    if ranks == 1:
+        return []
+    if not task.supports_ddp:
+        why = f"task {task.name!r} cannot train on several ranks (it does not support DDP)"
+        return [(field, f"{why}; leave ranks_per_trial at 1")]
+    if gpus and ranks != gpus:
+        return [(field, f"one rank per GPU: {gpus} (or auto) with gpus_per_worker {gpus}")]
+    return []
+
+
 def resolve_spec(spec: StudySpec, task: Task) -> StudySpec:
     """Fill the task's defaults in ``spec`` and check everything that depends on the task.
 
@@ -251,6 +265,7 @@ def resolve_spec(spec: StudySpec, task: Task) -> StudySpec:
         if (problem := task.task_arg_error(key, value)) is not None:
             errors.append((f"task_args.{key}", problem))
     errors.extend(_grid_errors(resolved))
+    errors.extend(_rank_errors(resolved.workers, task))
     for build in (lambda: build_sampler(resolved.sampler), lambda: build_pruner(resolved.pruner)):
         try:
             build()

@@ -64,6 +64,10 @@ class Task:
         param_types: ``name -> float | int | str | bool | object`` for parameters whose
             type is not their default's (``object``: any value); a spec searching values
             of another type is refused.
+        supports_ddp: whether its model trains correctly on several ranks (it wraps its
+            networks in ``DistributedDataParallel`` when ``is_distributed``, and its
+            metrics agree across ranks); a spec asking ``ranks_per_trial > 1`` of a task
+            that does not is refused.
     """
 
     name: str
@@ -78,6 +82,7 @@ class Task:
         default_factory=dict
     )
     param_types: Mapping[str, type] = dataclasses.field(default_factory=dict)
+    supports_ddp: bool = False
 
     def param_type(self, name: str) -> type:
         """The type parameter ``name`` takes: declared, else its default's (None: any)."""
@@ -217,6 +222,7 @@ DIGITS = register_task(
             "beta2": 0.999,
         },
         build=_build_digits,
+        supports_ddp=True,
     )
 )
 
@@ -266,5 +272,6 @@ SYNTHETIC = register_task(
         },
         default_params={"x": 0.0, "y": 0, "kind": "bowl", "z": 0.0},
         build=_build_synthetic,
+        supports_ddp=True,  # nothing to synchronise: every rank computes the same metrics
     )
 )

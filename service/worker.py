@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import datetime as dt
 import json
 import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -19,11 +21,11 @@ import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import optuna
 from optuna.trial import TrialState
-from sqlalchemy import select, update
+from sqlalchemy import Engine, event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import optuna_tables
@@ -60,11 +62,37 @@ __all__ = [
 
 log = logging.getLogger("helios_hpo.worker")
 T = TypeVar("T")
+# What torchrun runs on each rank, before --study S --worker-id N.
+WORKER_ARGV = ("-m", "service.cli", "worker")
 _current_trial: contextvars.ContextVar[int | None] = contextvars.ContextVar("trial", default=None)
 
 
 class WorkerStopped(BaseException):
     """Raised in the worker's main thread by SIGTERM."""
+
+
+class RanksFailed(Exception):
+    """A rank of a several-rank worker failed: every rank exits, torchrun with them."""
+
+
+class _Ranks:
+    """Rank 0's side of a several-rank worker: it alone talks to the database and sends
+    the others the study's spec once, then each trial's (number, origin), then None."""
+
+    def __init__(self, stored_spec: dict[str, Any]) -> None:
+        self.several = _world_size() > 1
+        self.send(stored_spec)
+
+    def send(self, message: object) -> None:
+        if self.several:
+            from helios import distributed
+
+            distributed.broadcast_object(message)
+
+
+def _world_size() -> int:
+    """How many ranks this worker runs as (torchrun sets WORLD_SIZE; 1 without it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def trial_checkpoint_dir(data_dir: Path, study: str, trial_number: int) -> Path:
@@ -89,12 +117,13 @@ class _TrialFilter(logging.Filter):
         return True
 
 
-def _configure_logging(worker_id: int) -> None:
+def _configure_logging(worker_id: int, rank: int | None = None) -> None:
     handler = logging.StreamHandler()
     handler.addFilter(_TrialFilter(worker_id))
+    where = "worker=%(worker)s" if rank is None else f"worker=%(worker)s rank={rank}"
     handler.setFormatter(
         logging.Formatter(
-            "%(asctime)s %(levelname)s worker=%(worker)s trial=%(trial)s %(name)s: %(message)s"
+            f"%(asctime)s %(levelname)s {where} trial=%(trial)s %(name)s: %(message)s"
         )
     )
     root = logging.getLogger()
@@ -156,6 +185,75 @@ class _Heartbeat:
                 _current_trial.reset(token)
 
 
+class _Training:
+    """What every rank needs to train a study's trials; rank 0 alone holds the trial."""
+
+    def __init__(self, study_name: str, spec: StudySpec, settings: Settings) -> None:
+        self.name, self.spec, self.settings = study_name, spec, settings
+        self.task: Task = get_task(spec.task)
+        self.metrics = [o.metric for o in spec.objectives or []]
+        self.space = {
+            name: param.model_dump(exclude_none=True)
+            for name, param in (spec.search_space or {}).items()
+        }
+        self.trainer: Trainer | None = None  # the trial's, while it trains
+        self.trials_started = 0
+
+    def train(self, trial: optuna.Trial | None, origin: int) -> list[float]:
+        """Train one trial (``trial`` None on ranks other than 0); its objective values.
+
+        Raises:
+            optuna.TrialPruned: on every rank, when rank 0's pruner stopped it.
+        """
+        import torch
+
+        from helios import CUDAPlugin, Plugin, Trainer
+        from helios.plugins.optuna import OptunaPlugin
+
+        metric = self.metrics[0] if len(self.metrics) == 1 else self.metrics
+        plugin = OptunaPlugin(trial, metric, checkpoint_trial=origin)
+        plugins: list[Plugin] = [plugin]
+        if torch.cuda.is_available():
+            plugins.append(CUDAPlugin())
+        if not self.trials_started:
+            device = torch.cuda.get_device_name() if torch.cuda.is_available() else "the CPU"
+            log.info("training on %s", device)
+        self.trials_started += 1
+        # Rank 0's suggestions reach the others through the process group it joined.
+        params = {**self.task.default_params, **suggest_space(plugin.suggest, self.space)}
+        run = self.task.build(params, dict(self.spec.task_args))
+        trainer_args = {"chkpt_frequency": 1, "keep_last_checkpoints": 1, **run.trainer_args}
+        trainer = Trainer(
+            **trainer_args,
+            chkpt_root=trial_checkpoint_dir(self.settings.data_dir, self.name, origin),
+            seed=trial_seed(params),
+            enable_progress_bar=False,
+            plugins=plugins,
+        )
+        self.trainer = trainer
+        try:
+            trainer.fit(run.model, run.datamodule)  # raises optuna.TrialPruned when pruned
+        except optuna.TrialPruned:
+            if trial is not None:
+                _note_resume(trial, trainer)
+            raise
+        finally:
+            self.trainer = None
+        if trial is None:
+            return []
+        _note_resume(trial, trainer)
+        constrained = [c.metric for c in self.spec.constraints]
+        missing = [m for m in [*self.metrics, *constrained] if m not in run.model.metrics]
+        if missing:
+            raise KeyError(f"the model produced no {missing}; metrics: {sorted(run.model.metrics)}")
+        # Before the trial is told: Optuna's samplers and best trial read these.
+        for constraint in self.spec.constraints:
+            value = float(run.model.metrics[constraint.metric])
+            for key, violation in constraint.violations(value).items():
+                trial.set_constraint(key, violation)
+        return [float(run.model.metrics[m]) for m in self.metrics]
+
+
 class _Worker:
     """One worker's study: reserves trials, trains them, records how each ended."""
 
@@ -198,16 +296,12 @@ class _Worker:
             **ids,
         )
         self.stale = StaleTrials(self.engine, settings.heartbeat_grace_s)
-        self.trainer: Trainer | None = None  # the trial's, while it trains
+        self.training = _Training(study_name, self.spec, settings)
         self.heartbeat = _Heartbeat(
             self.storage, settings.heartbeat_interval_s, self._training, self._trained
         )
-        self.task: Task = get_task(self.spec.task)
-        self.metrics = [o.metric for o in self.spec.objectives or []]
-        self.space = {
-            name: param.model_dump(exclude_none=True)
-            for name, param in (self.spec.search_space or {}).items()
-        }
+        # Under torchrun, the other ranks learn from this one what to train.
+        self.ranks = _Ranks(stored)
 
     def record_clean_exit(self) -> None:
         """Record exit code 0 in this worker's row, as it is about to exit cleanly."""
@@ -221,7 +315,7 @@ class _Worker:
 
     def _training(self) -> bool:
         """Whether the running trial trained a batch (a resumed one: since it resumed)."""
-        trainer = self.trainer
+        trainer = self.training.trainer
         if trainer is None:
             return False
         start = trainer.resumed_from.global_iteration if trainer.resumed_from else 0
@@ -264,7 +358,13 @@ class _Worker:
             slot = self._db("reserving a trial", lambda: self.reservations.reserve(self.trials_run))
             if isinstance(slot, Stop):
                 log.info("%s; exiting", slot.reason)
+                self.ranks.send(None)
                 return
+            try:
+                self.ranks.send((slot.number, slot.origin))
+            except Exception:
+                self.recorder.record(slot, Outcome(TrialState.FAIL, stopped=True))
+                raise
             token = _current_trial.set(slot.number)
             try:
                 self.run_trial(slot)
@@ -283,10 +383,13 @@ class _Worker:
         self.recorder.record(slot, outcome)
         if outcome.stopped:
             raise WorkerStopped("stopped during a trial")
+        if outcome.state == TrialState.FAIL and self.ranks.several:
+            # The other ranks may wait in a collective this one left: all restart together.
+            raise RanksFailed("a trial failed while training on several ranks")
 
     def _outcome(self, slot: Reservation) -> Outcome:
         try:
-            values = self._train(slot.trial, slot.origin)
+            values = self.training.train(slot.trial, slot.origin)
         except optuna.TrialPruned as exc:
             log.info("trial pruned: %s", exc)
             return Outcome(TrialState.PRUNED)
@@ -304,50 +407,6 @@ class _Worker:
     def _optuna_gone(self) -> bool:
         with self.engine.connect() as conn:
             return not conn.scalar(select(optuna_tables.study_exists_query(self.optuna_id)))
-
-    def _train(self, trial: optuna.Trial, origin: int) -> list[float]:
-        import torch
-
-        from helios import CUDAPlugin, Plugin, Trainer
-        from helios.plugins.optuna import OptunaPlugin
-
-        metric = self.metrics[0] if len(self.metrics) == 1 else self.metrics
-        plugin = OptunaPlugin(trial, metric, checkpoint_trial=origin)
-        params = {**self.task.default_params, **suggest_space(plugin.suggest, self.space)}
-        run = self.task.build(params, dict(self.spec.task_args))
-        plugins: list[Plugin] = [plugin]
-        if torch.cuda.is_available():
-            plugins.append(CUDAPlugin())
-        if not self.trials_run:
-            device = torch.cuda.get_device_name() if torch.cuda.is_available() else "the CPU"
-            log.info("training on %s", device)
-        trainer_args = {"chkpt_frequency": 1, "keep_last_checkpoints": 1, **run.trainer_args}
-        trainer = Trainer(
-            **trainer_args,
-            chkpt_root=trial_checkpoint_dir(self.settings.data_dir, self.name, origin),
-            seed=trial_seed(params),
-            enable_progress_bar=False,
-            plugins=plugins,
-        )
-        self.trainer = trainer
-        try:
-            trainer.fit(run.model, run.datamodule)  # raises optuna.TrialPruned when pruned
-        except optuna.TrialPruned:
-            _note_resume(trial, trainer)
-            raise
-        finally:
-            self.trainer = None
-        _note_resume(trial, trainer)
-        constrained = [c.metric for c in self.spec.constraints]
-        missing = [m for m in [*self.metrics, *constrained] if m not in run.model.metrics]
-        if missing:
-            raise KeyError(f"the model produced no {missing}; metrics: {sorted(run.model.metrics)}")
-        # Before the trial is told: Optuna's samplers and best trial read these.
-        for constraint in self.spec.constraints:
-            value = float(run.model.metrics[constraint.metric])
-            for key, violation in constraint.violations(value).items():
-                trial.set_constraint(key, violation)
-        return [float(run.model.metrics[m]) for m in self.metrics]
 
 
 def _note_resume(trial: optuna.Trial, trainer: Trainer) -> None:
@@ -378,14 +437,24 @@ def lower_priority(nice: int) -> int:
 
 
 def run_worker(study_name: str, worker_id: int, settings: Settings) -> int:
-    """Run trials of ``study_name`` until its budget is spent or it stops; the exit code."""
+    """Run trials of ``study_name`` until its budget is spent or it stops; the exit code.
+
+    A study whose trials train on several ranks runs its worker again under torchrun,
+    in this process (its pid stays the launcher's): rank 0 is this function's worker,
+    the other ranks follow it.
+    """
     lower_priority(settings.worker_nice)
-    _configure_logging(worker_id)
     # Heartbeats and fail_stale_trials are experimental in Optuna; we rely on them knowingly.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # Workers keep their trials' heartbeats themselves (ask/tell, not Study.optimize).
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
     signal.signal(signal.SIGTERM, _stop)
+    rank = int(os.environ["RANK"]) if _world_size() > 1 else None
+    _configure_logging(worker_id, rank)
+    if rank is not None:
+        _join_ranks(settings)
+        if rank > 0:
+            return _follow(study_name, settings)
     log.info(
         "worker %s for study %s on %s, CUDA_VISIBLE_DEVICES=%r",
         worker_id,
@@ -393,7 +462,16 @@ def run_worker(study_name: str, worker_id: int, settings: Settings) -> int:
         normalize_url(settings.database_url).render_as_string(hide_password=True),
         os.environ.get("CUDA_VISIBLE_DEVICES", ""),
     )
+    code = 0
     try:
+        if rank is None:
+            ranks = with_db_retries(
+                "reading the spec",
+                lambda: _ranks_per_trial(study_name, settings),
+                settings.db_retry_s,
+            )
+            if ranks > 1:
+                _exec_torchrun(study_name, worker_id, ranks)
         worker = with_db_retries(
             "starting", lambda: _Worker(study_name, worker_id, settings), settings.db_retry_s
         )
@@ -401,12 +479,16 @@ def run_worker(study_name: str, worker_id: int, settings: Settings) -> int:
             worker.run()
         except WorkerStopped:
             log.info("stopped by SIGTERM")
+        except RanksFailed as exc:
+            log.error("%s; every rank exits, and the worker restarts", exc)
+            code = 1
         except UnreadableSpecError as exc:  # its spec changed since it started
             _refuse(settings, study_name, exc)
         finally:
             worker.heartbeat.close()
-        # A service that did not start this process cannot read its exit status: say it.
-        worker.record_clean_exit()
+        if not code:
+            # A service that did not start this process cannot read its exit status: say it.
+            worker.record_clean_exit()
     except WorkerStopped:
         log.info("stopped by SIGTERM")
     except UnreadableSpecError as exc:
@@ -414,7 +496,99 @@ def run_worker(study_name: str, worker_id: int, settings: Settings) -> int:
     finally:
         # Exiting: a stop that comes now must not raise inside the interpreter's shutdown.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    return 0
+        _log_statements(rank)
+    return code
+
+
+def _ranks_per_trial(study_name: str, settings: Settings) -> int:
+    engine = make_engine(settings.database_url, WORKER_POOL)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            stored = get_study(session, study_name).spec
+    finally:
+        engine.dispose()
+    return StudySpec.from_stored(stored).workers.ranks
+
+
+def _exec_torchrun(study_name: str, worker_id: int, ranks: int) -> NoReturn:
+    """Become torchrun running this worker as ``ranks`` ranks on this host: standalone
+    rendezvous (a free port of its own), no restarts of its own (a failed rank ends the
+    worker, and the service restarts it with its back-off)."""
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={ranks}",
+        "--max-restarts=0",
+        "--monitor-interval=0.5",
+        *WORKER_ARGV,
+        "--study",
+        study_name,
+        "--worker-id",
+        str(worker_id),
+    ]
+    log.info("training each trial on %d ranks: %s", ranks, " ".join(argv[1:]))
+    logging.shutdown()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.execv(sys.executable, argv)  # noqa: S606 (our own interpreter, no shell)
+
+
+def _join_ranks(settings: Settings) -> None:
+    """Join the ranks' process group on this rank's device, every collective bounded by
+    ``ddp_timeout_s``; count this process's database statements from here on."""
+    import torch
+
+    from helios import distributed
+
+    event.listen(Engine, "before_cursor_execute", _count_statement)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+    distributed.init_process_group(device, dt.timedelta(seconds=settings.ddp_timeout_s))
+
+
+_statements = 0
+
+
+def _count_statement(*args: object) -> None:
+    global _statements  # noqa: PLW0603 (one counter per process)
+    _statements += 1
+
+
+def _log_statements(rank: int | None) -> None:
+    if rank is not None:
+        log.info("rank %d made %d database statements", rank, _statements)
+
+
+def _follow(study_name: str, settings: Settings) -> int:
+    """A rank other than 0: train what rank 0 sends, never touching the database."""
+    from helios import distributed
+
+    def receive() -> Any:
+        return distributed.broadcast_object(None)
+
+    code = 0
+    try:
+        training = _Training(study_name, StudySpec.from_stored(receive()), settings)
+        while (message := receive()) is not None:
+            number, origin = message
+            token = _current_trial.set(number)
+            try:
+                training.train(None, origin)
+            except optuna.TrialPruned:
+                pass
+            except Exception:
+                log.exception("trial failed on this rank; every rank exits")
+                code = 1
+                break
+            finally:
+                _current_trial.reset(token)
+    except WorkerStopped:
+        log.info("stopped by SIGTERM")
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _log_statements(int(os.environ["RANK"]))
+    return code
 
 
 def _refuse(settings: Settings, study_name: str, error: UnreadableSpecError) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import optuna
@@ -10,9 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
+from service import tasks
 from service.db import make_engine, optuna_storage
 from service.models import StudyRow, WorkerRow
 from service.settings import Settings
+from service.tasks import get_task, register_task
 from tests.specs import synthetic
 
 GOOD: dict[str, Any] = {
@@ -415,6 +419,24 @@ BAD = [
         id="no-gpus",
     ),
     pytest.param(
+        _with("workers.ranks_per_trial", 0),
+        "workers.ranks_per_trial",
+        "must be an integer from 1 to 16, or 'auto'; got 0",
+        id="ranks-0",
+    ),
+    pytest.param(
+        _with("workers.ranks_per_trial", "all"),
+        "workers.ranks_per_trial",
+        "must be an integer from 1 to 16, or 'auto'; got 'all'",
+        id="ranks-word",
+    ),
+    pytest.param(
+        _with("workers", {"count": 1, "gpus_per_worker": 2, "ranks_per_trial": 3}),
+        "workers.ranks_per_trial",
+        "one rank per GPU: 2 (or auto) with gpus_per_worker 2",
+        id="ranks-not-gpus",
+    ),
+    pytest.param(
         _with("surprise", True), "surprise", "Extra inputs are not permitted", id="unknown-field"
     ),
     # Strict types: a boolean or a numeric string is not a number.
@@ -546,7 +568,13 @@ def test_good_spec_is_created_with_defaults_filled(client: TestClient) -> None:
     spec = study["spec"]
     assert spec["sampler"] == {"name": "TPESampler", "args": {}}
     assert spec["pruner"] == {"name": "MedianPruner", "args": {}}
-    assert spec["workers"] == {"count": 1, "gpus_per_worker": 0, "launcher": "local", "image": None}
+    assert spec["workers"] == {
+        "count": 1,
+        "gpus_per_worker": 0,
+        "launcher": "local",
+        "image": None,
+        "ranks_per_trial": 1,
+    }
     assert spec["objectives"] == [{"metric": "loss", "direction": "minimize"}]
     assert set(spec["search_space"]) == {"x", "y"}
     assert study["directions"] == ["minimize"]
@@ -823,3 +851,33 @@ def test_enqueueing_into_a_finished_study_is_409(client: TestClient, settings: S
     assert client.get("/studies/done").json()["counts"]["WAITING"] == 0
     assert client.patch("/studies/done", json={"n_trials": 2}).json()["status"] == "running"
     assert client.post("/studies/done/trials", json={"trials": [{"x": 1.0}]}).status_code == 201
+
+
+@pytest.fixture
+def no_ddp_task() -> Iterator[str]:
+    """A task whose model does not train on several ranks, registered for one test."""
+    task = dataclasses.replace(get_task("synthetic"), name="no-ddp", supports_ddp=False)
+    register_task(task)
+    try:
+        yield task.name
+    finally:
+        tasks._TASKS.pop(task.name)
+
+
+def test_several_ranks_for_a_task_without_ddp_is_422_and_writes_nothing(
+    client: TestClient, settings: Settings, no_ddp_task: str
+) -> None:
+    spec = {**synthetic("ranks", workers={"count": 1, "ranks_per_trial": 2}), "task": no_ddp_task}
+    response = client.post("/studies", json=spec)
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"] == [
+        {
+            "field": "workers.ranks_per_trial",
+            "message": "task 'no-ddp' cannot train on several ranks (it does not support DDP); "
+            "leave ranks_per_trial at 1",
+        }
+    ]
+    _nothing_written(settings)
+    one_rank = {**synthetic("ranks", workers={"count": 1, "ranks_per_trial": "auto"})}
+    response = client.post("/studies", json={**one_rank, "task": no_ddp_task})
+    assert response.status_code == 201, response.text  # auto on a CPU: one rank
