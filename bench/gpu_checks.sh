@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, in one run: the gpu-marked tests (CUDAPlugin,
-# a fit on the GPU, a digits study trained by a GPU worker) and the trainer
-# overhead benchmark. Each writes its log under OUT_DIR; the exit code is
-# non-zero when any of them failed.
+# a fit on the GPU, a digits study trained by a GPU worker), the trainer
+# overhead benchmark and, on a host of several GPUs, the DDP scaling benchmark.
+# Each writes its log under OUT_DIR; the exit code is non-zero when any failed.
 #
 #   bench/gpu_checks.sh [OUT_DIR]        (default: gpu-checks)
 #
@@ -26,6 +26,11 @@ status=0
 "$py" -m pytest -p no:cacheprovider -m "gpu and not postgres" -o addopts="-ra" \
     tests/helios_tests/test_plugins.py tests/e2e/test_gpu_digits.py 2>&1 | tee "$out/gpu-tests.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+gpus=$("$py" -c 'import torch; print(torch.cuda.device_count())')
+if [ "$gpus" -gt 1 ]; then  # trials on several ranks: one GPU per rank
+    "$py" bench/ddp_scaling.py --ranks 1 "$gpus" 2>&1 | tee "$out/ddp-scaling.txt"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
 "$py" bench/trainer_overhead.py --rounds 7 2>&1 | tee "$out/trainer-overhead.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 exit $status
