@@ -112,7 +112,7 @@ def run(ranks: int, args: argparse.Namespace, out: Path) -> float:
         raise SystemExit(f"{ranks} ranks failed:\n{proc.stderr[-3000:]}")
     elapsed = float(json.loads(out.read_text())["elapsed"])
     steps = args.samples // args.batch  # every rank drops the last partial batch
-    return steps * args.batch * args.epochs / elapsed
+    return float(steps * args.batch * args.epochs / elapsed)
 
 
 def main(argv: list[str] | None = None) -> None:
