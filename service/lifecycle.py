@@ -91,7 +91,7 @@ def crash_streak(workers: Sequence[W], resumed_at: dt.datetime | None) -> list[W
     """
     streak = []
     for worker in sorted(workers, key=lambda w: w.id, reverse=True):
-        if worker.state in ("starting", "running"):
+        if worker.state in ("starting", "pending", "running"):
             continue
         if resumed_at is not None and worker.started_at < resumed_at:
             break

@@ -58,6 +58,7 @@ class StudyStatus(enum.StrEnum):
 
 class WorkerState(enum.StrEnum):
     STARTING = "starting"  # its row is committed, its launcher asked to start it
+    PENDING = "pending"  # queued by its launcher (a Slurm job waiting for resources)
     RUNNING = "running"
     EXITED = "exited"  # exit code 0
     FAILED = "failed"  # non-zero exit or killed by a signal
@@ -66,7 +67,7 @@ class WorkerState(enum.StrEnum):
 
 
 # A worker in these states may run: it holds its GPUs, and its study cannot be deleted.
-LIVE_STATES = (WorkerState.STARTING, WorkerState.RUNNING)
+LIVE_STATES = (WorkerState.STARTING, WorkerState.PENDING, WorkerState.RUNNING)
 ENDED_STATUSES = (StudyStatus.FINISHED, StudyStatus.STOPPED, StudyStatus.FAILED)
 
 
@@ -160,6 +161,8 @@ class WorkerRow(Base):
     pid: Mapped[int | None] = mapped_column(Integer, default=None)  # for people, where known
     gpus: Mapped[str] = mapped_column(String(64), default="")
     state: Mapped[str] = mapped_column(String(16), default=WorkerState.STARTING)
+    # Why it is pending, in its launcher's words (Slurm's reason, e.g. Resources).
+    state_reason: Mapped[str | None] = mapped_column(Text, default=None)
     exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
     trials_run: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Trials it was seen training (a heartbeat after a trained batch).
@@ -178,5 +181,6 @@ class WorkerRow(Base):
     def end(self, state: WorkerState, exit_code: int | None) -> None:
         """Record how it ended."""
         self.state = state
+        self.state_reason = None
         self.exit_code = exit_code
         self.ended_at = _now()

@@ -398,7 +398,10 @@ class WorkerRead(BaseModel):
     ref: str | None = Field(description="its launcher's handle: host:pid:start, host/container")
     pid: int | None
     gpus: str
-    state: str
+    state: str = Field(description="starting, pending, running, exited, failed, stopped, lost")
+    state_reason: str | None = Field(
+        None, description="why it is pending, in its launcher's words (e.g. Slurm's Resources)"
+    )
     exit_code: int | None
     trials_run: int
     restarts: int = Field(description="crashed workers in a row this one replaced")

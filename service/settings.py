@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -74,6 +75,55 @@ class DockerSettings(BaseSettings):
     )
 
 
+# sbatch options the Slurm launcher sets itself: extra_args may not give them.
+SLURM_OWN_OPTIONS = frozenset(
+    {
+        "--job-name", "--comment", "--output", "--error", "--open-mode", "--export",
+        "--gres", "--gpus", "--gpus-per-task", "--gpus-per-node", "--partition",
+        "--account", "--qos", "--time", "--requeue", "--no-requeue", "--parsable", "--wrap",
+        "--chdir", "--nodes", "--ntasks",
+    }
+)  # fmt: skip
+
+
+class SlurmSettings(BaseSettings):
+    """Workers as Slurm batch jobs; each field is read from ``HELIOS_HPO_SLURM_<FIELD>``,
+    e.g. ``HELIOS_HPO_SLURM_ENABLED``. Only the operator sets these, never a spec."""
+
+    model_config = SettingsConfigDict(env_prefix="HELIOS_HPO_SLURM_", extra="ignore")
+
+    enabled: bool = False
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_limit: str | None = Field(None, description="sbatch --time, e.g. 1-00:00:00")
+    extra_args: list[str] = Field(
+        default_factory=list,
+        description='More sbatch options, JSON, e.g. ["--constraint=a100", "--mem=32G"].',
+    )
+    worker_command: list[str] = Field(
+        default_factory=lambda: [sys.executable, "-m", "service.cli", "worker"],
+        description="What runs `helios-hpo worker` on the nodes, JSON (default: this "
+        "service's interpreter, which the nodes must have at the same path).",
+    )
+    max_gpus_per_worker: int = Field(8, ge=0, description="The most GPUs a spec may ask.")
+    database_url: str | None = Field(
+        None, description="The database URL as the nodes reach it (default: database_url)."
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="More environment for jobs.")
+
+    @field_validator("extra_args")
+    @classmethod
+    def _own_options_refused(cls, args: list[str]) -> list[str]:
+        for arg in args:
+            option = arg.split("=", 1)[0]
+            if not option.startswith("--"):
+                raise ValueError(f"{arg!r}: give long options, --name=value")
+            if option in SLURM_OWN_OPTIONS:
+                raise ValueError(f"{arg!r}: the launcher sets {option} itself")
+        return args
+
+
 class Settings(BaseSettings):
     """Configuration of the service and its workers.
 
@@ -122,6 +172,8 @@ class Settings(BaseSettings):
     )
     # The Docker launcher (workers.launcher = "docker"): HELIOS_HPO_DOCKER_*.
     docker: DockerSettings = Field(default_factory=lambda: DockerSettings())
+    # The Slurm launcher (workers.launcher = "slurm"): HELIOS_HPO_SLURM_*.
+    slurm: SlurmSettings = Field(default_factory=lambda: SlurmSettings())
     workers_per_gpu: int = Field(1, ge=1, le=64)
     # Who may call the API and the dashboard.
     api_tokens: Annotated[list[str], NoDecode] = Field(

@@ -38,6 +38,7 @@ from service import lifecycle, optuna_tables
 from service.db import session_scope
 from service.launchers import (
     LOST,
+    MISCONFIGURED,
     UNREACHABLE,
     Launcher,
     LauncherUnavailable,
@@ -74,6 +75,8 @@ class _Seen:
     exits: dict[int, int] = dataclasses.field(default_factory=dict)  # worker id -> exit code
     # Workers whose handle was never recorded: found running, or None.
     found: dict[int, WorkerHandle | None] = dataclasses.field(default_factory=dict)
+    # Workers that run or wait: None, or why they wait (a queued job's reason).
+    waiting: dict[int, str | None] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -260,6 +263,8 @@ class Supervisor:
                 continue
             try:
                 code = launcher.exit_code(ref)
+                if code is None:
+                    seen.waiting[worker_id] = launcher.pending(ref)
             except Exception as exc:  # e.g. its Docker host is unreachable: ask again later
                 log.warning("cannot tell whether worker %s runs: %s", worker_id, exc)
                 continue
@@ -278,6 +283,10 @@ class Supervisor:
                     self._found(worker, seen.found[worker.id])
                 elif worker.id in seen.exits:
                     self._reap(session, worker, seen.exits[worker.id])
+                elif worker.id in seen.waiting and worker.state != WorkerState.STARTING:
+                    reason = seen.waiting[worker.id]
+                    worker.state = WorkerState.RUNNING if reason is None else WorkerState.PENDING
+                    worker.state_reason = reason
             optuna_id = optuna_tables.optuna_study_id(session, row.name)
             plan = _Plan(row.name, row.id, optuna_id)
             spec = row.study_spec
@@ -342,6 +351,10 @@ class Supervisor:
             else 0
         )
         streak = lifecycle.crash_streak(row.workers, row.resumed_at)
+        if streak and streak[0].exit_code == MISCONFIGURED:  # no restart would run either
+            last = "\n".join(self._last_lines(streak[0], 5))
+            self._end(row, StudyStatus.FAILED, f"its workers cannot run here: {last}")
+            return
         unreachable_for = None
         if streak and all(w.exit_code == UNREACHABLE for w in streak):
             unreachable_for = (now - streak[-1].started_at).total_seconds()
@@ -414,7 +427,10 @@ class Supervisor:
                 break
             worker.host, worker.gpus = lease.host, lease.gpu_list()
             worker.log_path = str(worker_log_path(self._data_dir, row.name, worker.id))
-            starts.append((launcher, WorkerLaunch(row.name, worker.id, lease, spec.workers.image)))
+            launch = WorkerLaunch(
+                row.name, worker.id, lease, spec.workers.image, spec.workers.gpus_per_worker
+            )
+            starts.append((launcher, launch))
         return starts
 
     @staticmethod

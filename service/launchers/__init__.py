@@ -4,9 +4,10 @@ Each launcher module registers a factory under the name a spec's
 ``workers.launcher`` gives; ``from_settings`` builds those the settings enable.
 """
 
-from service.launchers import docker, local  # noqa: F401 (they register themselves)
+from service.launchers import docker, local, slurm  # noqa: F401 (they register themselves)
 from service.launchers.base import (
     LOST,
+    MISCONFIGURED,
     UNREACHABLE,
     Launcher,
     LauncherUnavailable,
@@ -23,6 +24,7 @@ from service.launchers.gpus import GpuScheduler, Lease
 
 __all__ = [
     "LOST",
+    "MISCONFIGURED",
     "UNREACHABLE",
     "GpuScheduler",
     "Launcher",

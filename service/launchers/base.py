@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LOST",
+    "MISCONFIGURED",
     "UNREACHABLE",
     "LauncherUnavailable",
     "Launcher",
@@ -43,6 +44,9 @@ __all__ = [
 LOST = -255
 # The exit code recorded for a worker that could not start: its host was unreachable.
 UNREACHABLE = -2
+# The exit code a launcher reports for a worker that could never run as set up (e.g. the
+# data directory not shared with a cluster's nodes): its study fails at once, with its log.
+MISCONFIGURED = -3
 
 
 class LauncherUnavailable(Exception):
@@ -62,13 +66,15 @@ def worker_log_path(data_dir: Path, study: str, worker_id: int) -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class WorkerLaunch:
-    """One worker to start: its study, its id (its row's), its GPUs and, for containers,
-    its image (None: the launcher's default)."""
+    """One worker to start: its study, its id (its row's), its GPUs, for containers its
+    image (None: the launcher's default), and how many GPUs its spec asks (a launcher
+    whose cluster assigns them, Slurm, leases none itself)."""
 
     study: str
     worker_id: int
     lease: Lease
     image: str | None = None
+    gpus_per_worker: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +125,10 @@ class Launcher(Protocol):
 
     def kill(self, ref: str) -> None:
         """End it now (SIGKILL)."""
+        ...
+
+    def pending(self, ref: str) -> str | None:
+        """Why a worker that has not ended waits to run (a queued job), None once it runs."""
         ...
 
     def log_lines(self, ref: str) -> list[str] | None:

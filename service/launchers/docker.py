@@ -233,6 +233,9 @@ class DockerLauncher:
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 container.kill(signal=signal)
 
+    def pending(self, ref: str) -> str | None:
+        return None  # started at once, or not at all
+
     def log_lines(self, ref: str) -> list[str] | None:
         """The container's log lines, or None when it is gone (its log was kept)."""
         import docker.errors

@@ -189,6 +189,9 @@ class LocalLauncher:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(int(ref.rsplit(":", 2)[1]), signum)  # the worker and its data loaders
 
+    def pending(self, ref: str) -> str | None:
+        return None  # started at once, or not at all
+
     def log_lines(self, ref: str) -> list[str] | None:
         return None  # a local worker's log is its file
 

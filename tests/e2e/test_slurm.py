@@ -1,0 +1,170 @@
+"""Workers as Slurm jobs on a real single-node cluster with two fake GPUs (tests/slurm.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.launchers.base import instance_label
+from tests.e2e.harness import (
+    Service,
+    latest_checkpoint_epoch,
+    optuna_trials,
+    start_service,
+    stop_service,
+    wait_for,
+    wait_for_status,
+)
+from tests.slurm import SlurmCluster, slurm_cluster
+from tests.specs import synthetic
+
+pytestmark = pytest.mark.slow
+
+DIGITS = {
+    "lr": 0.01, "hidden": 64, "dropout": 0.0, "optimizer": "adam", "batch_size": 16,
+    "beta1": 0.9, "beta2": 0.999,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    with slurm_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def service_env(slurm: SlurmCluster) -> dict[str, str]:
+    return {"HELIOS_HPO_SLURM_ENABLED": "true", "SLURM_CONF": slurm.env["SLURM_CONF"]}
+
+
+def _workers(client: httpx.Client, study: str) -> list[dict[str, Any]]:
+    workers: list[dict[str, Any]] = client.get(f"/studies/{study}/workers").json()
+    return workers
+
+
+def _log(svc: Service, study: str, worker_id: int) -> str:
+    path = svc.data_dir / "studies" / study / "workers" / f"worker-{worker_id}.log"
+    return path.read_text() if path.exists() else ""
+
+
+def _our_jobs(slurm: SlurmCluster, states: tuple[str, ...] = ("PENDING", "RUNNING")) -> list[Any]:
+    return [
+        j for j in slurm.jobs() if j["job_state"] in states and j["name"].startswith("helios-hpo-")
+    ]
+
+
+def test_three_workers_on_two_gpus_queue_and_share_no_secret(
+    service: Service, slurm: SlurmCluster
+) -> None:
+    spec = synthetic(
+        "slurm-study",
+        n_trials=3,  # one worker runs 2 trials, one 1: the waiting job runs in between
+        epochs=10,
+        sleep_s=0.3,
+        workers={"count": 3, "gpus_per_worker": 1, "launcher": "slurm"},
+    )
+    pending: list[dict[str, Any]] = []
+    with service.client() as client:
+        assert client.post("/studies", json=spec).status_code == 201
+
+        def one_pending() -> bool:
+            pending[:] = [w for w in _workers(client, "slurm-study") if w["state"] == "pending"]
+            return bool(pending)
+
+        wait_for(one_pending, 60, "a worker pending in Slurm's queue")
+        running = [w for w in _workers(client, "slurm-study") if w["state"] == "running"]
+        assert len(running) == 2, _workers(client, "slurm-study")
+        (waiting,) = pending
+        assert waiting["state_reason"] in ("Resources", "Priority"), waiting
+        # What Slurm prints of the jobs holds no database URL.
+        for job in _our_jobs(slurm):
+            shown = slurm.run("scontrol", "show", "job", "-d", str(job["job_id"]))
+            assert service.database_url not in shown
+        assert service.database_url not in json.dumps(slurm.jobs())
+        study = wait_for_status(client, "slurm-study", 180, service)
+        workers = _workers(client, "slurm-study")
+    assert study["status"] == "finished", study
+    assert study["counts"]["COMPLETE"] + study["counts"]["PRUNED"] == 3
+    assert len(optuna_trials(service, "slurm-study")) == 3  # no trial lost or doubled
+    seen = {}
+    for worker in workers:
+        match = re.search(
+            r"CUDA_VISIBLE_DEVICES='(\d)'", _log(service, "slurm-study", worker["id"])
+        )
+        assert match, _log(service, "slurm-study", worker["id"])
+        seen[worker["id"]] = match.group(1)
+    first, second = (w["id"] for w in running)
+    assert {seen[first], seen[second]} == {"0", "1"}  # each running job its own GPU
+    assert seen[waiting["id"]] in ("0", "1")  # and the waiting one ran after
+    env_file = next((service.data_dir / "slurm").glob("worker-*.env"))
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_scancel_node_down_and_restart_retry_and_leave_no_duplicates(
+    service: Service, slurm: SlurmCluster, tmp_path: Path
+) -> None:
+    spec = {
+        "name": "slurm-faults",
+        "task": "digits",
+        "n_trials": 3,
+        "task_args": {"epochs": 40},
+        "enqueue_trials": [DIGITS, DIGITS | {"hidden": 32}],
+        "workers": {"count": 1, "launcher": "slurm"},
+    }
+    chkpts = service.data_dir / "studies" / "slurm-faults" / "trials"
+    with service.client() as client:
+        assert client.post("/studies", json=spec).status_code == 201
+        # An admin cancels the job mid-trial: the trial fails and resumes from its checkpoint.
+        wait_for(lambda: latest_checkpoint_epoch(chkpts / "0") >= 2, 120, "trial 0 at epoch 2")
+        (job,) = _our_jobs(slurm, ("RUNNING",))
+        slurm.run("scancel", str(job["job_id"]))
+        # The node goes down mid-trial and comes back: trials retried, the study finishes.
+        # Trial 1, the second enqueued, runs next (trial 0's retry after it).
+        wait_for(lambda: latest_checkpoint_epoch(chkpts / "1") >= 1, 120, "trial 1 training")
+        slurm.set_node("down")
+        wait_for(lambda: not _our_jobs(slurm, ("RUNNING",)), 60, "the job to end with its node")
+        slurm.set_node("resume")
+    # The service killed and restarted: it adopts its job, starts no second one, and
+    # cancels a stray of its own name.
+    os.killpg(service.process.pid, signal.SIGKILL)
+    service.process.wait()
+    stray = slurm.run(
+        "sbatch",
+        "--parsable",
+        f"--job-name=helios-hpo-{instance_label(service.database_url)}-999",
+        "--wrap",
+        "sleep 300",
+    ).strip()
+    svc = start_service(
+        service.database_url, service.data_dir, tmp_path / "service2.log", service.env
+    )
+    try:
+        with svc.client() as client:
+            wait_for(
+                lambda: all(j["job_id"] != int(stray) for j in _our_jobs(slurm)),
+                30,
+                "the stray job to be cancelled",
+            )
+            assert len(_our_jobs(slurm)) <= 1
+            study = wait_for_status(client, "slurm-faults", 240, svc)
+    finally:
+        stop_service(svc)
+    assert study["status"] == "finished", study
+    trials = optuna_trials(svc, "slurm-faults")
+    retries = {
+        t.system_attrs["retry_history"][0]: t for t in trials if "retry_history" in t.system_attrs
+    }
+    assert {0, 1} <= set(retries), [(t.number, t.state.name) for t in trials]
+    assert retries[0].user_attrs["resumed_from_epoch"] >= 2
+    assert retries[1].user_attrs["resumed_from_epoch"] >= 1
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 3
