@@ -54,6 +54,12 @@ class SlurmCluster:
         ]
         return jobs
 
+    def cancel_all(self) -> None:
+        """Cancel every job and wait until none runs."""
+        for job in _safe_jobs(self):
+            self.run("scancel", str(job["job_id"]), check=False)
+        wait_for(lambda: not _safe_jobs(self), 30, "the cancelled jobs to end")
+
     def set_node(self, state: str) -> None:
         """``down`` (as an admin would, with a reason) or ``resume``."""
         reason = ["reason=test"] if state == "down" else []
@@ -134,8 +140,8 @@ def slurm_cluster(root: Path) -> Iterator[SlurmCluster]:
         wait_for(idle, 60, "the Slurm node to be idle")
         yield cluster
     finally:
-        for job in _safe_jobs(cluster):
-            cluster.run("scancel", str(job["job_id"]), check=False)
+        with contextlib.suppress(AssertionError):
+            cluster.cancel_all()
         for name in ("slurmd", "slurmctld", "munged"):
             if name in pids:
                 with contextlib.suppress(ProcessLookupError):
@@ -143,15 +149,29 @@ def slurm_cluster(root: Path) -> Iterator[SlurmCluster]:
         for name in ("slurmd", "slurmctld", "munged"):
             if name in pids:
                 _wait_gone(pids[name])
+        _kill_step_daemons(conf)
         with contextlib.suppress(OSError):
             shutil.rmtree((root / "munge").resolve())
 
 
 def _safe_jobs(cluster: SlurmCluster) -> list[dict[str, Any]]:
     try:
-        return [j for j in cluster.jobs() if j["job_state"] in ("PENDING", "RUNNING")]
+        live = ("PENDING", "RUNNING", "COMPLETING")
+        return [j for j in cluster.jobs() if j["job_state"] in live]
     except Exception:
         return []
+
+
+def _kill_step_daemons(conf: Path) -> None:
+    """slurmstepd processes of this cluster outlive slurmd, waiting to report to it."""
+    marker = f"SLURM_CONF={conf}".encode()
+    for entry in Path("/proc").iterdir():
+        try:
+            ours = entry.name.isdigit() and marker in (entry / "environ").read_bytes().split(b"\0")
+            if ours and (entry / "cmdline").read_bytes().startswith(b"slurmstepd"):
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
 
 
 def _start_munge(root: Path, pids: dict[str, int]) -> None:

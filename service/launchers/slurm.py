@@ -249,7 +249,8 @@ class SlurmLauncher:
         job = self._queue().get(ref)
         if job is None or job["job_state"] != "PENDING":
             return None
-        return str(job.get("state_reason") or "queued")
+        reason = str(job.get("state_reason") or "None")
+        return "queued" if reason == "None" else reason  # None: not looked at yet
 
     def stop(self, ref: str) -> None:
         job = self._queue().get(ref)

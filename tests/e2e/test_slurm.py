@@ -41,6 +41,13 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
         yield cluster
 
 
+@pytest.fixture(autouse=True)
+def no_jobs_left(slurm: SlurmCluster) -> Iterator[None]:
+    """A test's jobs outlive its service (as they would a restart): cancel them after."""
+    yield
+    slurm.cancel_all()
+
+
 @pytest.fixture
 def service_env(slurm: SlurmCluster) -> dict[str, str]:
     return {"HELIOS_HPO_SLURM_ENABLED": "true", "SLURM_CONF": slurm.env["SLURM_CONF"]}
@@ -56,10 +63,12 @@ def _log(svc: Service, study: str, worker_id: int) -> str:
     return path.read_text() if path.exists() else ""
 
 
-def _our_jobs(slurm: SlurmCluster, states: tuple[str, ...] = ("PENDING", "RUNNING")) -> list[Any]:
-    return [
-        j for j in slurm.jobs() if j["job_state"] in states and j["name"].startswith("helios-hpo-")
-    ]
+def _our_jobs(
+    slurm: SlurmCluster, svc: Service, states: tuple[str, ...] = ("PENDING", "RUNNING")
+) -> list[Any]:
+    """The jobs of ``svc`` (its instance, by name) in ``states``."""
+    prefix = f"helios-hpo-{instance_label(svc.database_url)}-"
+    return [j for j in slurm.jobs() if j["job_state"] in states and j["name"].startswith(prefix)]
 
 
 def test_three_workers_on_two_gpus_queue_and_share_no_secret(
@@ -72,21 +81,21 @@ def test_three_workers_on_two_gpus_queue_and_share_no_secret(
         sleep_s=0.3,
         workers={"count": 3, "gpus_per_worker": 1, "launcher": "slurm"},
     )
-    pending: list[dict[str, Any]] = []
+    workers: list[dict[str, Any]] = []
     with service.client() as client:
         assert client.post("/studies", json=spec).status_code == 201
 
-        def one_pending() -> bool:
-            pending[:] = [w for w in _workers(client, "slurm-study") if w["state"] == "pending"]
-            return bool(pending)
+        def two_run_one_waits() -> bool:
+            workers[:] = _workers(client, "slurm-study")
+            return sorted(w["state"] for w in workers) == ["pending", "running", "running"]
 
-        wait_for(one_pending, 60, "a worker pending in Slurm's queue")
-        running = [w for w in _workers(client, "slurm-study") if w["state"] == "running"]
-        assert len(running) == 2, _workers(client, "slurm-study")
+        wait_for(two_run_one_waits, 60, "two workers running, one pending in Slurm's queue")
+        running = [w for w in workers if w["state"] == "running"]
+        pending = [w for w in workers if w["state"] == "pending"]
         (waiting,) = pending
         assert waiting["state_reason"] in ("Resources", "Priority"), waiting
         # What Slurm prints of the jobs holds no database URL.
-        for job in _our_jobs(slurm):
+        for job in _our_jobs(slurm, service):
             shown = slurm.run("scontrol", "show", "job", "-d", str(job["job_id"]))
             assert service.database_url not in shown
         assert service.database_url not in json.dumps(slurm.jobs())
@@ -126,13 +135,15 @@ def test_scancel_node_down_and_restart_retry_and_leave_no_duplicates(
         assert client.post("/studies", json=spec).status_code == 201
         # An admin cancels the job mid-trial: the trial fails and resumes from its checkpoint.
         wait_for(lambda: latest_checkpoint_epoch(chkpts / "0") >= 2, 120, "trial 0 at epoch 2")
-        (job,) = _our_jobs(slurm, ("RUNNING",))
+        (job,) = _our_jobs(slurm, service, ("RUNNING",))
         slurm.run("scancel", str(job["job_id"]))
         # The node goes down mid-trial and comes back: trials retried, the study finishes.
         # Trial 1, the second enqueued, runs next (trial 0's retry after it).
         wait_for(lambda: latest_checkpoint_epoch(chkpts / "1") >= 1, 120, "trial 1 training")
         slurm.set_node("down")
-        wait_for(lambda: not _our_jobs(slurm, ("RUNNING",)), 60, "the job to end with its node")
+        wait_for(
+            lambda: not _our_jobs(slurm, service, ("RUNNING",)), 60, "the job to end with its node"
+        )
         slurm.set_node("resume")
     # The service killed and restarted: it adopts its job, starts no second one, and
     # cancels a stray of its own name.
@@ -151,11 +162,11 @@ def test_scancel_node_down_and_restart_retry_and_leave_no_duplicates(
     try:
         with svc.client() as client:
             wait_for(
-                lambda: all(j["job_id"] != int(stray) for j in _our_jobs(slurm)),
+                lambda: all(j["job_id"] != int(stray) for j in _our_jobs(slurm, service)),
                 30,
                 "the stray job to be cancelled",
             )
-            assert len(_our_jobs(slurm)) <= 1
+            assert len(_our_jobs(slurm, service)) <= 1
             study = wait_for_status(client, "slurm-faults", 240, svc)
     finally:
         stop_service(svc)
@@ -168,3 +179,44 @@ def test_scancel_node_down_and_restart_retry_and_leave_no_duplicates(
     assert retries[0].user_attrs["resumed_from_epoch"] >= 2
     assert retries[1].user_attrs["resumed_from_epoch"] >= 1
     assert sum(t.state.name == "COMPLETE" for t in trials) == 3
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_two_ranks_in_one_job_and_a_data_dir_the_nodes_do_not_see(
+    service: Service, slurm: SlurmCluster
+) -> None:
+    spec = {
+        "name": "slurm-ddp",
+        "task": "digits",
+        "n_trials": 2,
+        "task_args": {"epochs": 2},
+        "workers": {
+            "count": 1,
+            "gpus_per_worker": 2,
+            "ranks_per_trial": "auto",
+            "launcher": "slurm",
+        },
+    }
+    with service.client() as client:
+        assert client.post("/studies", json=spec).status_code == 201
+        study = wait_for_status(client, "slurm-ddp", 180, service)
+        (worker,) = _workers(client, "slurm-ddp")
+        log = _log(service, "slurm-ddp", worker["id"])
+        assert study["status"] == "finished", (study, log[-3000:])
+        assert "CUDA_VISIBLE_DEVICES='0,1'" in log  # the job's two GPUs, one per rank
+        assert "training each trial on 2 ranks" in log
+        assert re.search(r"rank=1 .*rank 1 made 0 database statements", log), log[-3000:]
+
+        # The nodes stop seeing the data directory: the study fails at once, saying why.
+        next((service.data_dir / "slurm").glob("probe-*")).unlink()
+        spec = synthetic("slurm-unshared", workers={"count": 1, "launcher": "slurm"})
+        assert client.post("/studies", json=spec).status_code == 201
+        study = wait_for_status(client, "slurm-unshared", 60, service)
+        unshared = _workers(client, "slurm-unshared")
+    assert study["status"] == "failed"
+    assert "its workers cannot run here" in study["status_reason"]
+    assert (
+        "must be on a filesystem shared by the service and the Slurm nodes"
+        in (study["status_reason"])
+    )
+    assert [w["restarts"] for w in unshared] == [0]  # failed at once: no restart loop
