@@ -35,7 +35,7 @@ def _scalar(url: str, sql: str) -> object:
 def test_upgrade_on_an_empty_database(database_url: str) -> None:
     upgrade(database_url)
     assert _tables(database_url) == HPO_TABLES
-    assert _scalar(database_url, "SELECT version_num FROM hpo_alembic_version") == "0004"
+    assert _scalar(database_url, "SELECT version_num FROM hpo_alembic_version") == "0005"
     upgrade(database_url)  # idempotent
     assert _tables(database_url) == HPO_TABLES
 
