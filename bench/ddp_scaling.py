@@ -1,6 +1,6 @@
 """DDP scaling: samples/s of one trial's training at 1 and 2 ranks, side by side.
 
-Each run is ``torchrun --standalone --nproc-per-node N`` training the same MLP on the
+Each run is ``torchrun --standalone --nproc-per-node N`` training the same CNN on the
 same data with the same global batch (each of N ranks takes 1/N of it) through the
 helios ``Trainer``, as a trial with ``ranks_per_trial: N`` does; one thread per rank
 on a CPU, one GPU per rank on a GPU host. Runs alternate round by round; each prints
@@ -45,18 +45,26 @@ class Data(DataModule):
 
     def setup(self) -> None:
         gen = torch.Generator().manual_seed(0)
-        x = torch.randn(self.samples, 3072, generator=gen)
+        x = torch.randn(self.samples, 3, 32, 32, generator=gen)
         y = torch.randint(0, 10, (self.samples,), generator=gen)
         self.train_dataset = TensorDataset(x, y)
         self.train_params = DataLoaderParams(batch_size=self.batch, shuffle=True, drop_last=True)
 
 
-class Mlp(Model):
+def _block(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+
+
+class Cnn(Model):
+    """A small CNN: most of its cost is compute, as in the image models trials train."""
+
     def __init__(self) -> None:
-        super().__init__("mlp")
+        super().__init__("cnn")
 
     def setup(self) -> None:
-        self.net = nn.Sequential(nn.Linear(3072, 1024), nn.ReLU(), nn.Linear(1024, 10))
+        self.net = nn.Sequential(
+            *_block(3, 32), *_block(32, 64), *_block(64, 128), nn.Flatten(), nn.Linear(2048, 10)
+        )
         self.net.to(self.device)
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=0.01, momentum=0.9)
         self.optimizers = [self.optimizer]
@@ -70,7 +78,7 @@ class Mlp(Model):
         return F.cross_entropy(self.forward(x), y)
 
 
-class Timed(Mlp):
+class Timed(Cnn):
     """Times training from its first batch (start-up and data set-up excluded)."""
 
     started = 0.0
@@ -118,7 +126,7 @@ def run(ranks: int, args: argparse.Namespace, out: Path) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--ranks", nargs="+", type=int, default=[1, 2])
-    parser.add_argument("--samples", type=int, default=16_384)
+    parser.add_argument("--samples", type=int, default=4096)
     parser.add_argument("--batch", type=int, default=256, help="the global batch")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (after one warm-up)")
