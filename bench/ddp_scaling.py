@@ -137,22 +137,23 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         child(args)
         return
+    warmups = 1
     if args.small:
-        args.samples, args.batch, args.epochs, args.rounds = 512, 64, 1, 1
+        args.samples, args.batch, args.epochs, args.rounds, warmups = 512, 64, 1, 1, 0
     if 1 not in args.ranks:
         parser.error("--ranks must include 1, the baseline")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(
         f"device={device} samples={args.samples} global batch={args.batch} "
-        f"epochs={args.epochs} rounds={args.rounds}+1 warm-up"
+        f"epochs={args.epochs} rounds={args.rounds}+{warmups} warm-up"
     )
     rates: dict[int, list[float]] = {n: [] for n in args.ranks}
     with tempfile.TemporaryDirectory() as tmp:
-        bar = tqdm.tqdm(total=(args.rounds + 1) * len(args.ranks), desc="runs", disable=None)
-        for round_ in range(args.rounds + 1):
+        bar = tqdm.tqdm(total=(args.rounds + warmups) * len(args.ranks), desc="runs", disable=None)
+        for round_ in range(args.rounds + warmups):
             for ranks in args.ranks:
                 rate = run(ranks, args, Path(tmp) / f"r{ranks}.json")
-                if round_ > 0:  # the first round warms page caches and imports
+                if round_ >= warmups:  # a first round warms page caches and imports
                     rates[ranks].append(rate)
                 bar.update(1)
         bar.close()
