@@ -19,6 +19,11 @@ from service.db import normalize_url
 
 POSTGRES_URL = os.environ.get("HELIOS_HPO_TEST_POSTGRES_URL")
 
+# For end-to-end tests whose subject does not touch the database differently on
+# PostgreSQL (signals, logs, the CLI, a sampler's choices): the same service paths run
+# on PostgreSQL in the other end-to-end tests, so these run on SQLite alone.
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
 
 def _postgres_database() -> Iterator[str]:
     if not POSTGRES_URL:

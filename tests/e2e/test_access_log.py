@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from tests.databases import sqlite_only
 from tests.e2e.harness import Service
 
 TOKEN = "tok-8c4e1f09-never-logged"  # noqa: S105 (a sentinel to look for)
@@ -16,6 +17,7 @@ def service_env() -> dict[str, str]:
     return {"HELIOS_HPO_API_TOKENS": f"write:{TOKEN}"}
 
 
+@sqlite_only
 def test_tokens_in_query_strings_and_headers_stay_out_of_the_log(service: Service) -> None:
     queries = (
         f"token={SENT}",

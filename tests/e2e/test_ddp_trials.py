@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from service.launchers.base import instance_label
+from tests.databases import sqlite_only
 from tests.e2e.harness import (
     Service,
     latest_checkpoint_epoch,
@@ -18,18 +19,13 @@ from tests.e2e.harness import (
     wait_for_status,
 )
 
-pytestmark = pytest.mark.slow
-
 PARAMS = {
     "lr": 0.01, "hidden": 64, "dropout": 0.0, "optimizer": "adam", "batch_size": 16,
     "beta1": 0.9, "beta2": 0.999,
 }  # fmt: skip
 
 
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    """SQLite: the ranks' protocol does not depend on the database."""
-    return f"sqlite:///{tmp_path / 'hpo.db'}"
+pytestmark = [pytest.mark.slow, sqlite_only]  # rank 0's database work is any worker's
 
 
 def _ranks_of(marker: str) -> dict[int, int]:

@@ -17,6 +17,7 @@ from helios import Trainer
 from service.models import LIVE_STATES as LIVE
 from service.tasks import get_task
 from service.worker import trial_seed
+from tests.databases import sqlite_only
 from tests.e2e.harness import (
     Service,
     latest_checkpoint_epoch,
@@ -87,6 +88,7 @@ def test_chaos_sigkill_workers_every_few_seconds(service: Service) -> None:
 EPOCHS = 60  # ~40 ms each here: the kill lands mid-trial
 
 
+@sqlite_only
 def test_retry_resumes_from_the_checkpoint_with_the_same_result(service: Service) -> None:
     params = {
         "lr": 0.01, "hidden": 64, "dropout": 0.0, "optimizer": "adam", "batch_size": 32,
@@ -131,6 +133,7 @@ def test_retry_resumes_from_the_checkpoint_with_the_same_result(service: Service
     assert retry.value == run.model.metrics["accuracy"]
 
 
+@sqlite_only
 def test_sigterm_fails_the_trial_for_a_retry_and_exits_cleanly(service: Service) -> None:
     spec = synthetic(
         "term",

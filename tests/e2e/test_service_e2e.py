@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from service.db import optuna_storage
+from tests.databases import sqlite_only
 from tests.e2e.harness import Service, optuna_trials, wait_for, wait_for_status
 from tests.specs import synthetic
 
@@ -122,6 +123,7 @@ def test_stop_ends_training_now_and_leaves_nothing_running(service: Service) -> 
     assert study["counts"]["COMPLETE"] == 0
 
 
+@sqlite_only
 def test_cli_submit_waits_with_progress(service: Service, tmp_path: Path) -> None:
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(synthetic("cli", n_trials=5, epochs=2)))
@@ -213,6 +215,7 @@ def _readme_spec() -> dict[str, object]:
     return spec
 
 
+@sqlite_only
 def test_the_readme_quickstart_study_trains(service: Service) -> None:
     spec = _readme_spec()
     assert spec["name"] == "digits-demo"
@@ -227,6 +230,7 @@ def test_the_readme_quickstart_study_trains(service: Service) -> None:
     assert study["best_value"] >= 0.9
 
 
+@sqlite_only
 def test_one_worker_starts_first_and_the_rest_once_a_trial_runs(service: Service) -> None:
     """Workers starting together share the host's cores; the first trial must not wait
     for all of them to start."""
@@ -252,6 +256,7 @@ def test_one_worker_starts_first_and_the_rest_once_a_trial_runs(service: Service
     assert started[0] < first_trial < started[1]
 
 
+@sqlite_only
 def test_a_conditional_study_searches_exactly_the_active_parameters(service: Service) -> None:
     space = {
         "kind": {"type": "categorical", "choices": ["bowl", "shifted"]},
