@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from pydantic import ValidationError
+
 from service.settings import DEFAULT_URL
 
 if TYPE_CHECKING:
@@ -369,6 +371,17 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"helios-hpo: {exc}", file=sys.stderr)
         return exc.code
+    except ValidationError as exc:  # the settings, read from the environment
+        from service import settings
+
+        model = getattr(settings, exc.title, None)  # Settings, or a group of it
+        prefix = model.model_config.get("env_prefix", "") if model is not None else ""
+        for error in exc.errors():
+            name = "_".join(str(part) for part in error["loc"]).upper()
+            where = f"{prefix}{name}: " if name else ""
+            message = error["msg"].removeprefix("Value error, ")
+            print(f"helios-hpo: invalid setting: {where}{message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return code

@@ -261,6 +261,16 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _ddp_timeout_outlasts_db_retries(self) -> Settings:
+        if self.ddp_timeout_s <= self.db_retry_s:
+            raise ValueError(
+                f"HELIOS_HPO_DDP_TIMEOUT_S ({self.ddp_timeout_s}) must exceed "
+                f"HELIOS_HPO_DB_RETRY_S ({self.db_retry_s}): the ranks of a trial wait for "
+                "rank 0 while it retries the database"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _grace_exceeds_interval(self) -> Settings:
         if self.heartbeat_grace_s <= self.heartbeat_interval_s:
             raise ValueError(
