@@ -102,6 +102,15 @@ def test_three_workers_on_two_gpus_queue_and_share_no_secret(
         assert service.database_url not in json.dumps(slurm.jobs())
         study = wait_for_status(client, "slurm-study", 180, service)
         workers = _workers(client, "slurm-study")
+        # The jobs' logs, from the shared folder, through the logs endpoints.
+        busiest = max(workers, key=lambda w: w["trials_run"])
+        tail = client.get(f"/workers/{busiest['id']}/logs?tail=3").json()["lines"]
+        assert len(tail) == 3, tail
+        url = f"/workers/{busiest['id']}/logs"
+        full = client.get(f"{url}?tail=10000").json()["lines"]
+        number = re.findall(r" trial=(\d+) ", "\n".join(full))[0]
+        lines = client.get(f"{url}?trial={number}").json()["lines"]
+        assert lines == [line for line in full if f" trial={number} " in line]
     assert study["status"] == "finished", study
     assert study["counts"]["COMPLETE"] + study["counts"]["PRUNED"] == 3
     assert len(optuna_trials(service, "slurm-study")) == 3  # no trial lost or doubled
