@@ -15,7 +15,6 @@ import httpx
 import pytest
 
 from service.launchers.base import instance_label
-from tests.databases import sqlite_only
 from tests.e2e.harness import (
     Service,
     latest_checkpoint_epoch,
@@ -128,7 +127,6 @@ def test_three_workers_on_two_gpus_queue_and_share_no_secret(
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
 
 
-@sqlite_only
 def test_scancel_node_down_and_restart_retry_and_leave_no_duplicates(
     service: Service, slurm: SlurmCluster, tmp_path: Path
 ) -> None:
@@ -191,7 +189,6 @@ def test_scancel_node_down_and_restart_retry_and_leave_no_duplicates(
     assert sum(t.state.name == "COMPLETE" for t in trials) == 3
 
 
-@sqlite_only
 def test_two_ranks_in_one_job_and_a_data_dir_the_nodes_do_not_see(
     service: Service, slurm: SlurmCluster
 ) -> None:
