@@ -76,8 +76,9 @@ def test_three_workers_on_two_gpus_queue_and_share_no_secret(
 ) -> None:
     spec = synthetic(
         "slurm-study",
-        n_trials=3,  # one worker runs 2 trials, one 1: the waiting job runs in between
-        epochs=10,
+        # One worker runs 2 trials of ~6 s, one 1: the waiting job runs in between.
+        n_trials=3,
+        epochs=20,
         sleep_s=0.3,
         workers={"count": 3, "gpus_per_worker": 1, "launcher": "slurm"},
     )
