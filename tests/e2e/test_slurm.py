@@ -161,6 +161,7 @@ def test_scancel_node_down_and_restart_retry_and_leave_no_duplicates(
     stray = slurm.run(
         "sbatch",
         "--parsable",
+        "--output=/dev/null",
         f"--job-name=helios-hpo-{instance_label(service.database_url)}-999",
         "--wrap",
         "sleep 300",
