@@ -105,7 +105,6 @@ class SlurmLauncher:
         self.instance = instance_label(database_url)
         self.scheduler: GpuScheduler = SlurmQueue(settings.max_gpus_per_worker)
         self.on_exit: Callable[[], None] | None = None
-        self._run = _run
         self._jobs: tuple[float, dict[str, dict[str, Any]]] | None = None
         self._lock = threading.Lock()
         folder = data_dir / "slurm"
@@ -180,30 +179,11 @@ class SlurmLauncher:
         script = job_script(
             probe=self.probe, env_file=self.env_file, command=command, data_dir=self.data_dir
         )
-        job_id = self._run_input(argv, script).strip().split(";")[0]
+        job_id = _run(argv, stdin=script).strip().split(";")[0]
         if not job_id.isdigit():
             raise RuntimeError(f"sbatch answered {job_id!r}, not a job id")
         self._jobs = None  # the next look sees it
         return WorkerHandle(ref=job_id, host="slurm", log_path=log_path)
-
-    def _run_input(self, argv: list[str], script: str) -> str:
-        try:
-            proc = subprocess.run(  # noqa: S603 (Slurm's own command, no shell)
-                [_which(argv[0]), *argv[1:]],
-                input=script,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise LauncherUnavailable(f"sbatch: {exc}") from exc
-        if proc.returncode:
-            error = proc.stderr.strip()
-            if "Unable to contact" in error or "Socket timed out" in error:
-                raise LauncherUnavailable(f"sbatch: {error}")
-            raise RuntimeError(f"sbatch: {error}")
-        return proc.stdout
 
     def _queue(self) -> dict[str, dict[str, Any]]:
         """This user's jobs of this service, by id, as slurmctld knows them (ended ones
@@ -211,7 +191,7 @@ class SlurmLauncher:
         with self._lock:
             if self._jobs is not None and time.monotonic() - self._jobs[0] < 0.5:
                 return self._jobs[1]
-            out = self._run(["squeue", "--json", "--states=all", "--me"])
+            out = _run(["squeue", "--json", "--states=all", "--me"])
             prefix = f"helios-hpo-{self.instance}-"
             jobs = {
                 str(job["job_id"]): job
@@ -255,14 +235,14 @@ class SlurmLauncher:
     def stop(self, ref: str) -> None:
         job = self._queue().get(ref)
         if job is not None and job["job_state"] == "PENDING":
-            self._run(["scancel", ref])  # nothing runs yet: nothing to fail
+            _run(["scancel", ref])  # nothing runs yet: nothing to fail
         else:
-            self._run(["scancel", "--signal=TERM", "--full", ref])
+            _run(["scancel", "--signal=TERM", "--full", ref])
         self._jobs = None
 
     def kill(self, ref: str) -> None:
-        self._run(["scancel", "--signal=KILL", "--full", ref])
-        self._run(["scancel", ref])
+        _run(["scancel", "--signal=KILL", "--full", ref])
+        _run(["scancel", ref])
         self._jobs = None
 
     def log_lines(self, ref: str) -> list[str] | None:
@@ -278,7 +258,7 @@ class SlurmLauncher:
                 log.warning(
                     "cancelling job %s (%s): no worker of this service", job_id, job["name"]
                 )
-                self._run(["scancel", job_id])
+                _run(["scancel", job_id])
         self._jobs = None
         return True
 
@@ -302,16 +282,25 @@ def _which(command: str) -> str:
     return path
 
 
-def _run(argv: list[str]) -> str:
-    """Run a Slurm command; its stdout. Unreachable controller: LauncherUnavailable."""
+def _run(argv: list[str], stdin: str | None = None) -> str:
+    """Run a Slurm command; its stdout. An unreachable controller (or no command) is
+    LauncherUnavailable, a refusal (sbatch's "Invalid ...") a RuntimeError."""
     try:
         proc = subprocess.run(  # noqa: S603 (Slurm's own command, no shell)
-            [_which(argv[0]), *argv[1:]], capture_output=True, text=True, timeout=60, check=False
+            [_which(argv[0]), *argv[1:]],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise LauncherUnavailable(f"{argv[0]}: {exc}") from exc
     if proc.returncode:
-        raise LauncherUnavailable(f"{' '.join(argv)}: {proc.stderr.strip()}")
+        error = f"{' '.join(argv)}: {proc.stderr.strip()}"
+        if "Unable to contact" in error or "Socket timed out" in error:
+            raise LauncherUnavailable(error)
+        raise RuntimeError(error)
     return proc.stdout
 
 
