@@ -88,7 +88,10 @@ def test_three_workers_on_two_gpus_queue_and_share_no_secret(
 
         def two_run_one_waits() -> bool:
             workers[:] = _workers(client, "slurm-study")
-            return sorted(w["state"] for w in workers) == ["pending", "running", "running"]
+            if sorted(w["state"] for w in workers) != ["pending", "running", "running"]:
+                return False
+            # A job the scheduler has not looked at yet has no reason ("queued"): wait for one.
+            return all(w["state_reason"] != "queued" for w in workers if w["state"] == "pending")
 
         wait_for(two_run_one_waits, 60, "two workers running, one pending in Slurm's queue")
         running = [w for w in workers if w["state"] == "running"]
