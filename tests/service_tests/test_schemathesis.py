@@ -3,6 +3,7 @@ no 5xx, and every response matches its documented schema."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -21,6 +22,8 @@ from tests.support import free_port, wait_for
 
 pytestmark = pytest.mark.slow
 TOKEN = "write-token-for-schemathesis-0123"  # noqa: S105 (a test token)
+# Schemathesis's own list of statuses that reject invalid data, plus 413 (body too large).
+REJECTIONS = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429"]
 
 
 @pytest.fixture
@@ -57,8 +60,15 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     schema = tmp_path / "openapi.json"
     auth = {"Authorization": f"Bearer {TOKEN}"}
     schema.write_bytes(httpx.get(f"{api_url}/openapi.json", headers=auth, timeout=10).content)
+    # 413 rejects a body before validation reads it: an oversized invalid case is refused.
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(
+        f"[checks.negative_data_rejection]\nexpected-statuses = {json.dumps(REJECTIONS)}\n"
+    )
     command = [
         cli,
+        "--config-file",
+        str(config),
         "run",
         str(schema),
         "--url",
