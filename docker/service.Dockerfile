@@ -18,12 +18,15 @@ RUN python3 -m venv --system-site-packages /opt/helios-hpo/venv \
         venv/bin/pip install --index-url "$TORCH_INDEX_URL" "$TORCH_SPEC"; \
     fi
 ENV PATH=/opt/helios-hpo/venv/bin:$PATH
-COPY pyproject.toml README.md alembic.ini ./
+# The dependencies (bounded in pyproject.toml) in a layer of their own, then the project
+# itself from this checkout: a change to the sources rebuilds only the last layer.
+COPY pyproject.toml docker/requirements.py ./
+RUN python requirements.py pyproject.toml service dashboard > /tmp/requirements.txt \
+    && pip install --requirement /tmp/requirements.txt
+COPY README.md alembic.ini ./
 COPY helios ./helios
 COPY service ./service
-# The project itself, from this checkout; its dependencies are bounded in pyproject.toml.
-# hadolint ignore=DL3013
-RUN pip install ".[service,dashboard]"
+RUN pip install --no-deps --no-build-isolation .
 
 RUN groupadd --gid 10001 helios \
     && useradd --create-home --uid 10001 --gid 10001 helios \

@@ -11,14 +11,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /opt/helios-hpo
-COPY pyproject.toml README.md alembic.ini ./
-COPY helios ./helios
-COPY service ./service
 # A virtual environment that sees the base's torch; torch is pinned to the base image's
-# build so that pip never replaces it.
+# build so that pip never replaces it. The dependencies go in a layer of their own, so
+# a change to the sources rebuilds only the project's layer below.
+COPY pyproject.toml docker/requirements.py ./
 RUN python3 -m venv --system-site-packages /opt/helios-hpo/venv \
     && venv/bin/python -c "import torch; print('torch==' + torch.__version__)" > /tmp/torch.txt \
-    && venv/bin/pip install --constraint /tmp/torch.txt ".[service]" \
+    && venv/bin/python requirements.py pyproject.toml service > /tmp/requirements.txt \
+    && venv/bin/pip install --constraint /tmp/torch.txt --requirement /tmp/requirements.txt
+COPY README.md alembic.ini ./
+COPY helios ./helios
+COPY service ./service
+RUN venv/bin/pip install --no-deps --no-build-isolation . \
     && venv/bin/python -c "import torch; assert '$EXPECT_CUDA' != '1' or torch.version.cuda, 'torch lost its CUDA build'"
 ENV PATH=/opt/helios-hpo/venv/bin:$PATH
 

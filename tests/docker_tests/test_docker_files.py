@@ -6,15 +6,19 @@ they run is parsed by the real ``helios-hpo`` command line.
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from service.cli import _parser
 
@@ -167,3 +171,55 @@ def test_every_compose_command_exists_in_the_cli(compose: dict[str, Any]) -> Non
             _parses(argv)
             checked += 1
     assert checked == 4  # db upgrade, serve, dashboard, worker
+
+
+def _image_requirements(extras: list[str]) -> set[str]:
+    """What docker/requirements.py prints for ``extras`` (as the images run it)."""
+    spec = importlib.util.spec_from_file_location("image_requirements", DOCKER / "requirements.py")
+    assert spec
+    assert spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    pyproject = tomllib.loads((DOCKER.parent / "pyproject.toml").read_text())
+    return set(module.requirements(pyproject, extras))
+
+
+def _installed_requirements(extras: set[str]) -> set[str]:
+    """The installed project's own metadata: its requirements under ``extras``."""
+    found = set()
+    for line in importlib.metadata.requires("helios-hpo") or []:
+        requirement = Requirement(line)
+        marker, requirement.marker = requirement.marker, None
+        if requirement.name == "helios-hpo":
+            continue  # an extra naming others: they are in ``extras`` already
+        if marker is None or any(marker.evaluate({"extra": extra}) for extra in extras):
+            found.add(str(requirement))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "extras", "closure"),
+    [
+        ("worker.Dockerfile", ["service"], {"service", "optuna"}),
+        ("service.Dockerfile", ["service", "dashboard"], {"service", "optuna", "dashboard"}),
+    ],
+)
+def test_the_images_install_the_dependencies_before_the_sources(
+    dockerfile: str, extras: list[str], closure: set[str]
+) -> None:
+    # The dependency layer holds what pip would install for the extras, and the build's own.
+    build = set(
+        tomllib.loads((DOCKER.parent / "pyproject.toml").read_text())["build-system"]["requires"]
+    )
+    assert _image_requirements(extras) == _installed_requirements(closure) | build
+    text = (DOCKER / dockerfile).read_text()
+    assert f"requirements.py pyproject.toml {' '.join(extras)} >" in text
+    # Sources after the dependencies: editing helios/ or service/ keeps their layer cached.
+    lines = text.splitlines()
+    dependencies = next(i for i, line in enumerate(lines) if "--requirement" in line)
+    sources = [
+        i for i, line in enumerate(lines) if line.startswith(("COPY helios", "COPY service"))
+    ]
+    assert sources
+    assert min(sources) > dependencies
+    assert "install --no-deps --no-build-isolation ." in text
