@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import contextlib
 import json
 import logging
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from pydantic import ValidationError
 
 from service.settings import DEFAULT_URL
 
 if TYPE_CHECKING:
+    from service.client import Client
     from service.settings import Settings
 
 __all__ = ["CliError", "main"]
@@ -161,54 +162,25 @@ class CliError(Exception):
 _AUTH_HINT = "pass --token, or set HELIOS_HPO_TOKEN (or HELIOS_HPO_TOKEN_FILE)"
 
 
-@dataclasses.dataclass(frozen=True)
-class _Client:
-    """The service at ``url``, called with ``token`` when there is one."""
+@contextlib.contextmanager
+def _service(args: argparse.Namespace) -> Iterator[Client]:
+    """A client of the service ``--url`` names (with ``--token``); its errors as CliErrors."""
+    from service.client import Client, ServiceError
 
-    url: str
-    token: str | None
-
-    @classmethod
-    def of(cls, args: argparse.Namespace) -> _Client:
-        settings = _client_settings()
-        try:
-            token = args.token or settings.client_token()
-        except ValueError as exc:
-            raise CliError(str(exc)) from None
-        return cls((args.url or settings.url).rstrip("/"), token)
-
-    def request(self, method: str, path: str, body: str | None = None) -> Any:
-        import httpx
-
-        url = f"{self.url}{path}"
-        headers = {"content-type": "application/json"} if body is not None else {}
-        if self.token:
-            headers["authorization"] = f"Bearer {self.token}"
-        try:
-            response = httpx.request(method, url, content=body, headers=headers, timeout=30)
-        except httpx.HTTPError as exc:
-            raise CliError(
-                f"cannot reach {url}: {exc or type(exc).__name__}; is `helios-hpo serve` "
-                "running there? (--url or HELIOS_HPO_URL)"
-            ) from None
-        try:
-            answer = response.json()
-        except ValueError:
-            if response.is_success:
-                raise CliError(
-                    f"{url} answered {response.status_code} without JSON; is --url (or "
-                    "HELIOS_HPO_URL) the helios-hpo service?"
-                ) from None
-            answer = {"detail": response.text[:200]}
-        if response.is_success:
-            return answer
-        if not isinstance(answer, dict):
-            answer = {"detail": str(answer)[:200]}
-        lines = [f"{response.status_code} {answer.get('detail', '')}".rstrip()]
-        lines += [f"  {e['field']}: {e['message']}" for e in answer.get("errors", [])]
-        if response.status_code in (401, 403):
-            lines[0] += f"; {_AUTH_HINT}"
-        raise CliError("\n".join(lines), code=2 if response.status_code < 500 else 1)
+    settings = _client_settings()
+    try:
+        token = args.token or settings.client_token()
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        with Client(args.url or settings.url, token) as client:
+            yield client
+    except ServiceError as exc:
+        message = str(exc)
+        if exc.status in (401, 403):
+            first, _, rest = message.partition("\n")
+            message = f"{first}; {_AUTH_HINT}" + (f"\n{rest}" if rest else "")
+        raise CliError(message, code=1 if (exc.status or 0) >= 500 else 2) from None
 
 
 def _client_settings() -> Settings:
@@ -225,8 +197,8 @@ def _client_settings() -> Settings:
         raise CliError(f"invalid settings: {where}") from None
 
 
-def _load_spec(path: Path) -> str:
-    """The spec in ``path`` (YAML for .yaml/.yml, else JSON) as a JSON body."""
+def _load_spec(path: Path) -> dict[str, Any]:
+    """The spec in ``path`` (YAML for .yaml/.yml, else JSON)."""
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -255,48 +227,34 @@ def _load_spec(path: Path) -> str:
         kind = "empty" if spec is None else f"a {type(spec).__name__}"
         raise CliError(f"{path}: a study spec is a mapping (name: ..., task: ...); it is {kind}")
     try:
-        return json.dumps(spec, allow_nan=False)
+        json.dumps(spec, allow_nan=False)
     except ValueError:
         raise CliError(f"{path}: NaN and infinity are not valid numbers in a spec") from None
+    return spec
 
 
 def _submit(args: argparse.Namespace) -> int:
-    body = _load_spec(args.spec)
-    client = _Client.of(args)
-    study = client.request("POST", "/studies", body)
-    name = study["name"]
-    workers = study["spec"]["workers"]["count"]
-    print(f"created study {name!r}: {study['n_trials']} trials, {workers} workers")
-    if not args.wait:
-        return 0
-    import tqdm
-
-    from service.client import follow_study
-    from service.lifecycle import finished_trials
-
-    with tqdm.tqdm(total=study["n_trials"], desc=name, unit="trial") as bar:
-
-        def show(study: dict[str, Any]) -> None:
-            bar.total = study["n_trials"]
-            own = finished_trials(study["counts"]) - (study.get("warm_started") or 0)
-            bar.update(own - bar.n)
-            bar.set_postfix(best=study["best_value"], failed=study["counts"]["FAIL"])
-
-        path = f"/studies/{quote(name)}"
-        study = follow_study(lambda: client.request("GET", path), on_poll=show)
+    spec = _load_spec(args.spec)
+    with _service(args) as client:
+        study = client.create_study(spec)
+        name = study["name"]
+        workers = study["spec"]["workers"]["count"]
+        print(f"created study {name!r}: {study['n_trials']} trials, {workers} workers")
+        if not args.wait:
+            return 0
+        study = client.wait(name, progress=True)
     status, reason, best = study["status"], study["status_reason"], study["best_value"]
     print(f"study {name!r} {status}: {reason}; best value {best}")
     return 0 if study["status"] == "finished" else 1
 
 
 def _studies(args: argparse.Namespace) -> int:
-    client = _Client.of(args)
-    if args.name:
-        print(json.dumps(client.request("GET", f"/studies/{quote(args.name)}"), indent=2))
-        return 0
-    page = client.request("GET", "/studies?limit=1000")
-    for s in page["items"]:
-        print(f"{s['name']:32} {s['task']:12} {s['status']:9} {s['n_trials']:>7} trials")
+    with _service(args) as client:
+        if args.name:
+            print(json.dumps(client.study(args.name), indent=2))
+            return 0
+        for s in client.studies():
+            print(f"{s['name']:32} {s['task']:12} {s['status']:9} {s['n_trials']:>7} trials")
     return 0
 
 

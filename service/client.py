@@ -1,14 +1,267 @@
-"""Following a study from outside the service: its summary, read until it leaves running."""
+"""The service from Python: ``Client(url, token)`` calls its HTTP API.
+
+Every method returns the API's JSON as plain dicts and lists; every failure, from a
+refused connection to a 422, raises :class:`ServiceError` with the service's ``code``,
+``detail`` and field errors.
+
+    with Client("http://127.0.0.1:8000", token="...") as client:
+        client.create_study({"name": "demo", "task": "digits", "n_trials": 20})
+        study = client.wait("demo", progress=True)
+        best = client.best("demo")
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+from urllib.parse import quote
 
-__all__ = ["follow_study"]
+import httpx
+
+from service.settings import DEFAULT_URL
+
+__all__ = ["Client", "ServiceError", "follow_study"]
 
 Summary = dict[str, Any]
+
+
+class ServiceError(Exception):
+    """The service refused a request, failed it, or could not be reached.
+
+    Attributes:
+        status: the HTTP status (None when no answer came).
+        code: the service's error code (``not_found``, ``invalid``, ``conflict``, ...),
+            or ``unreachable`` / ``not_json`` when no usable answer came.
+        detail: what went wrong and, where the service knows, what to do.
+        errors: the invalid fields, each ``{"field": ..., "message": ...}``.
+    """
+
+    def __init__(
+        self, status: int | None, code: str, detail: str, errors: list[dict[str, str]] | None = None
+    ) -> None:
+        self.status, self.code, self.detail = status, code, detail
+        self.errors = list(errors or [])
+        lines = [f"{status} {detail}".rstrip() if status is not None else detail]
+        lines += [f"  {e.get('field', '')}: {e.get('message', '')}" for e in self.errors]
+        super().__init__("\n".join(lines))
+
+
+class Client:
+    """The helios-hpo service at ``url``, called with ``token`` when one is given.
+
+    Use it as a context manager, or ``close()`` it: it holds a connection pool.
+    """
+
+    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, *, timeout_s: float = 30):
+        self.url = url.rstrip("/")
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # Studies
+
+    def create_study(self, spec: Mapping[str, Any]) -> Summary:
+        """Submit a study spec (the dict a YAML or JSON spec file holds); the new study."""
+        created: Summary = self._call("POST", "/studies", json=dict(spec))
+        return created
+
+    def studies(self, *, page_size: int = 100) -> Iterator[Summary]:
+        """Every study, one page after another."""
+        return self._pages("/studies", {}, page_size)
+
+    def study(self, name: str) -> Summary:
+        """A study's spec, status, trial counts, best value and workers."""
+        found: Summary = self._call("GET", _study(name))
+        return found
+
+    def trials(
+        self, name: str, state: str | None = None, *, page_size: int = 100
+    ) -> Iterator[Summary]:
+        """Every trial of a study by number (only ``state``'s: COMPLETE, PRUNED, ...)."""
+        params = {"state": state} if state is not None else {}
+        return self._pages(f"{_study(name)}/trials", params, page_size)
+
+    def best(self, name: str) -> Summary:
+        """``{"directions": [...], "trials": [...]}``: the best trial, or the Pareto front."""
+        best: Summary = self._call("GET", f"{_study(name)}/best")
+        return best
+
+    def pause(self, name: str) -> Summary:
+        """Workers finish their current trial and exit; ``resume`` goes on."""
+        return self._action(name, "pause")
+
+    def resume(self, name: str) -> Summary:
+        return self._action(name, "resume")
+
+    def stop(self, name: str) -> Summary:
+        """Stop now: in-flight trials end FAIL."""
+        return self._action(name, "stop")
+
+    def patch(self, name: str, **changes: Any) -> Summary:
+        """Change a running study: ``n_trials``, ``timeout_s``, ``workers={"count": N}``, ..."""
+        patched: Summary = self._call("PATCH", _study(name), json=changes)
+        return patched
+
+    def delete(self, name: str) -> None:
+        """Delete a study that is not running, with its trials, logs and checkpoints."""
+        self._call("DELETE", _study(name))
+
+    def enqueue(self, name: str, params: Mapping[str, Any] | list[Mapping[str, Any]]) -> Summary:
+        """Queue one parameter set (a dict) or several (a list) to run next."""
+        trials = [dict(params)] if isinstance(params, Mapping) else [dict(p) for p in params]
+        queued: Summary = self._call("POST", f"{_study(name)}/trials", json={"trials": trials})
+        return queued
+
+    def wait(
+        self,
+        name: str,
+        *,
+        progress: bool = False,
+        timeout_s: float | None = None,
+        interval_s: float = 1.0,
+    ) -> Summary:
+        """Poll a study until it is no longer running; its last summary. ``progress``
+        shows a bar of finished trials (with the best value and failures) on stderr.
+
+        Raises:
+            TimeoutError: it still ran after ``timeout_s``.
+        """
+        if not progress:
+            return follow_study(
+                lambda: self.study(name), interval_s=interval_s, timeout_s=timeout_s
+            )
+        import tqdm
+
+        from service.lifecycle import finished_trials
+
+        with tqdm.tqdm(desc=name, unit="trial") as bar:
+
+            def show(study: Summary) -> None:
+                bar.total = study["n_trials"]
+                own = finished_trials(study["counts"]) - (study.get("warm_started") or 0)
+                bar.update(own - bar.n)
+                bar.set_postfix(best=study["best_value"], failed=study["counts"]["FAIL"])
+
+            return follow_study(
+                lambda: self.study(name), interval_s=interval_s, timeout_s=timeout_s, on_poll=show
+            )
+
+    # Workers and tasks
+
+    def workers(self, name: str) -> list[Summary]:
+        """A study's workers: launcher, host, state, exit code, restarts."""
+        found: list[Summary] = self._call("GET", f"{_study(name)}/workers")
+        return found
+
+    def logs(
+        self, worker_id: int, *, tail: int = 100, trial: int | None = None, follow: bool = False
+    ) -> Iterator[str]:
+        """A worker's last ``tail`` log lines (of one ``trial`` when given); with
+        ``follow``, then each new line as it is written, until the worker has ended."""
+        params: dict[str, Any] = {"tail": tail}
+        if trial is not None:
+            params["trial"] = trial
+        path = f"/workers/{int(worker_id)}/logs"
+        if not follow:
+            lines: list[str] = self._call("GET", path, params=params)["lines"]
+            return iter(lines)
+        return self._events(path, {**params, "follow": "true"})
+
+    def tasks(self) -> list[Summary]:
+        """The tasks workers can train, with their metrics and default search spaces."""
+        found: list[Summary] = self._call("GET", "/tasks")
+        return found
+
+    # HTTP
+
+    def _action(self, name: str, action: str) -> Summary:
+        study: Summary = self._call("POST", f"{_study(name)}/{action}")
+        return study
+
+    def _pages(self, path: str, params: dict[str, Any], page_size: int) -> Iterator[Summary]:
+        offset = 0
+        while True:
+            page = self._call("GET", path, params={**params, "limit": page_size, "offset": offset})
+            yield from page["items"]
+            offset += len(page["items"])
+            if not page["items"] or offset >= page["total"]:
+                return
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise _unreachable(f"{self.url}{path}", exc) from None
+        _raise_for(response)
+        if response.status_code == 204:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise ServiceError(
+                response.status_code,
+                "not_json",
+                f"{self.url}{path} answered without JSON; is {self.url} the helios-hpo service?",
+            ) from None
+
+    def _events(self, path: str, params: dict[str, Any]) -> Iterator[str]:
+        """Server-sent events' data lines until the ``end`` event; a quiet worker may
+        write nothing for minutes, so reads never time out."""
+        timeout = httpx.Timeout(self._http.timeout.connect, read=None)
+        try:
+            with self._http.stream("GET", path, params=params, timeout=timeout) as response:
+                if not response.is_success:
+                    response.read()
+                    _raise_for(response)
+                for line in response.iter_lines():
+                    if line == "event: end":
+                        return
+                    if line.startswith("data: "):
+                        yield line.removeprefix("data: ")
+        except httpx.HTTPError as exc:
+            raise _unreachable(f"{self.url}{path}", exc) from None
+
+
+def _study(name: str) -> str:
+    return f"/studies/{quote(name, safe='')}"
+
+
+def _unreachable(url: str, exc: httpx.HTTPError) -> ServiceError:
+    return ServiceError(
+        None,
+        "unreachable",
+        f"cannot reach {url}: {exc or type(exc).__name__}; is `helios-hpo serve` running "
+        "there? (--url or HELIOS_HPO_URL)",
+    )
+
+
+def _raise_for(response: httpx.Response) -> None:
+    """A :class:`ServiceError` from an error response, whatever its body."""
+    if response.is_success:
+        return
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {"code": "http_error", "detail": response.text[:200]}
+    detail = str(body.get("detail", ""))
+    errors = body.get("errors")
+    raise ServiceError(
+        response.status_code,
+        str(body.get("code", "http_error")),
+        detail,
+        errors if isinstance(errors, list) else None,
+    )
 
 
 def follow_study(

@@ -231,6 +231,25 @@ def test_the_readme_quickstart_study_trains(service: Service) -> None:
 
 
 @sqlite_only
+def test_the_readme_python_client_example_runs(service: Service) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    code = readme.split(".venv/bin/python - <<'PY'\n", 1)[1].split("PY\n", 1)[0]
+    assert '"n_trials": 8' in code
+    code = code.replace("http://127.0.0.1:8000", service.url).replace(
+        '"n_trials": 8', '"n_trials": 3'
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("finished {")
+    assert "'lr': " in lines[0]
+    assert "3/3" in done.stderr  # the progress bar
+    assert len([line for line in lines if " trial=" in line]) == 3  # the worker's last lines
+
+
+@sqlite_only
 def test_one_worker_starts_first_and_the_rest_once_a_trial_runs(service: Service) -> None:
     """Workers starting together share the host's cores; the first trial must not wait
     for all of them to start."""
