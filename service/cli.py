@@ -1,4 +1,4 @@
-"""`helios-hpo serve | worker | dashboard | submit | studies | db upgrade`."""
+"""`helios-hpo serve | worker | dashboard | submit | studies | model | db upgrade`."""
 
 from __future__ import annotations
 
@@ -258,6 +258,18 @@ def _studies(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model(args: argparse.Namespace) -> int:
+    output = args.output or Path(f"{args.name}.pt")
+    with _service(args) as client:
+        saved = client.download_model(args.name, output, trial=args.trial)
+    print(
+        f"saved the model of trial {saved.trial} of study {args.name!r} to {saved.path} "
+        f"({saved.size_bytes} bytes, sha256 {saved.sha256[:12]}); in Python: "
+        f"service.tasks.get_task(TASK).load_model({str(saved.path)!r})"
+    )
+    return 0
+
+
 def _client_options() -> argparse.ArgumentParser:
     options = argparse.ArgumentParser(add_help=False)
     options.add_argument("--url", help=f"the service (default $HELIOS_HPO_URL or {DEFAULT_URL})")
@@ -312,6 +324,14 @@ def _parser() -> argparse.ArgumentParser:
     studies = sub.add_parser("studies", help="list studies, or show one", parents=[client])
     studies.add_argument("name", nargs="?")
     studies.set_defaults(func=_studies)
+
+    model = sub.add_parser(
+        "model", help="download a study's best model (a checkpoint file)", parents=[client]
+    )
+    model.add_argument("name")
+    model.add_argument("--trial", type=int, help="with several objectives: a Pareto-front trial")
+    model.add_argument("-o", "--output", type=Path, help="the file to write (default NAME.pt)")
+    model.set_defaults(func=_model)
 
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)

@@ -12,8 +12,13 @@ refused connection to a 422, raises :class:`ServiceError` with the service's ``c
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import hashlib
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -21,7 +26,7 @@ import httpx
 
 from service.settings import DEFAULT_URL
 
-__all__ = ["Client", "ServiceError", "follow_study"]
+__all__ = ["Client", "Download", "ServiceError", "follow_study"]
 
 Summary = dict[str, Any]
 
@@ -155,6 +160,59 @@ class Client:
                 lambda: self.study(name), interval_s=interval_s, timeout_s=timeout_s, on_poll=show
             )
 
+    # Models
+
+    def artifacts(self, name: str, number: int) -> list[Summary]:
+        """The files trial ``number`` stored (its model), each with whether it is kept."""
+        found: list[Summary] = self._call("GET", f"{_study(name)}/trials/{int(number)}/artifacts")
+        return found
+
+    def download_model(
+        self, name: str, path: str | os.PathLike[str], *, trial: int | None = None
+    ) -> Download:
+        """Save the best trial's model to ``path`` (with several objectives: ``trial``'s,
+        of the Pareto front); ``Task.load_model(path)`` loads it back. The file appears
+        whole or not at all, its SHA-256 checked against the service's."""
+        params = {"trial": trial} if trial is not None else {}
+        return self._download(f"{_study(name)}/best/model", params, Path(path))
+
+    def download_artifact(
+        self, name: str, number: int, artifact_id: str, path: str | os.PathLike[str]
+    ) -> Download:
+        """Save one artifact of trial ``number`` to ``path`` (checked as ``download_model``)."""
+        where = f"{_study(name)}/trials/{int(number)}/artifacts/{quote(artifact_id, safe='')}"
+        return self._download(where, {}, Path(path))
+
+    def _download(self, where: str, params: dict[str, Any], path: Path) -> Download:
+        partial = path.with_name(f".{path.name}.part")
+        digest = hashlib.sha256()
+        try:
+            with self._http.stream("GET", where, params=params) as response:
+                if not response.is_success:
+                    response.read()
+                    _raise_for(response)
+                with partial.open("wb") as file:
+                    for chunk in response.iter_bytes():
+                        digest.update(chunk)
+                        file.write(chunk)
+                expected = _sha256_of(response.headers.get("repr-digest", ""))
+                trial = int(response.headers.get("x-trial-number", "-1"))
+        except httpx.HTTPError as exc:
+            partial.unlink(missing_ok=True)
+            raise _unreachable(f"{self.url}{where}", exc) from None
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        if expected is not None and digest.hexdigest() != expected:
+            partial.unlink(missing_ok=True)
+            raise ServiceError(
+                response.status_code,
+                "checksum_mismatch",
+                f"{self.url}{where}: the file's SHA-256 is not the service's; download it again",
+            )
+        os.replace(partial, path)
+        return Download(path, trial, path.stat().st_size, digest.hexdigest())
+
     # Workers and tasks
 
     def workers(self, name: str) -> list[Summary]:
@@ -229,6 +287,25 @@ class Client:
                         yield line.removeprefix("data: ")
         except httpx.HTTPError as exc:
             raise _unreachable(f"{self.url}{path}", exc) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Download:
+    """A file saved from the service: where, of which trial, its size and SHA-256."""
+
+    path: Path
+    trial: int
+    size_bytes: int
+    sha256: str
+
+
+def _sha256_of(repr_digest: str) -> str | None:
+    """The hex SHA-256 in a ``Repr-Digest`` header (RFC 9530), if it has one."""
+    for item in repr_digest.split(","):
+        algorithm, _, value = item.strip().partition("=")
+        if algorithm == "sha-256" and value.startswith(":") and value.endswith(":"):
+            return base64.b64decode(value[1:-1]).hex()
+    return None
 
 
 def _study(name: str) -> str:

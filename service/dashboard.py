@@ -18,6 +18,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from service import optuna_tables, studies
 from service.api.security import guard_wsgi, scrub_query
+from service.artifacts import artifact_dir
 from service.db import (
     make_engine,
     make_session_factory,
@@ -32,8 +33,9 @@ __all__ = ["DashboardServer", "dashboard_app", "service_rules", "start_dashboard
 log = logging.getLogger("helios_hpo.dashboard")
 
 
-def dashboard_app(database_url: str) -> Any:
-    """The dashboard's WSGI app over a cached Optuna storage on ``database_url``."""
+def dashboard_app(database_url: str, data_dir: Path) -> Any:
+    """The dashboard's WSGI app over a cached Optuna storage on ``database_url``, with the
+    service's artifact store: trial pages list and download the stored models."""
     try:
         import optuna_dashboard  # type: ignore[import-untyped]
     except ImportError:  # pragma: no cover - depends on the installed extras
@@ -45,7 +47,11 @@ def dashboard_app(database_url: str) -> Any:
     # A URL (not a storage object) gets Optuna's cached storage: finished trials are
     # read once, so a large study's page stays fast.
     url = normalize_url(database_url).render_as_string(hide_password=False)
-    return optuna_dashboard.wsgi(url)
+    from optuna.artifacts import FileSystemArtifactStore
+
+    store = artifact_dir(data_dir)
+    store.mkdir(parents=True, exist_ok=True)
+    return optuna_dashboard.wsgi(url, artifact_store=FileSystemArtifactStore(store))
 
 
 class DashboardServer(socketserver.ThreadingMixIn, WSGIServer):
@@ -122,7 +128,7 @@ def start_dashboard(
     study of the service follows the service's rules (``service_rules``).
     """
     server = DashboardServer((host, port), _LogHandler)
-    ruled = service_rules(dashboard_app(database_url), database_url, data_dir)
+    ruled = service_rules(dashboard_app(database_url, data_dir), database_url, data_dir)
     server.set_app(guard_wsgi(ruled, tokens or {}))
     threading.Thread(target=server.serve_forever, name="dashboard", daemon=True).start()
     log.info("optuna-dashboard on http://%s:%s", host, server.server_port)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConflictError", "DomainError", "NotFoundError", "SpecError"]
+__all__ = ["ConflictError", "DomainError", "InvalidRequestError", "NotFoundError", "SpecError"]
 
 
 class DomainError(Exception):
@@ -24,6 +24,17 @@ class SpecError(DomainError):
         self.errors = errors
         summary = "; ".join(f"{field}: {message}" for field, message in errors)
         super().__init__(f"invalid study spec: {summary}")
+
+
+class InvalidRequestError(SpecError):
+    """A query or path parameter is invalid for this study (422, like a spec error)."""
+
+    code = "invalid_request"
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        super().__init__(errors)
+        self.detail = "invalid request: " + "; ".join(f"{f}: {m}" for f, m in errors)
+        self.args = (self.detail,)
 
 
 class NotFoundError(DomainError):

@@ -251,6 +251,17 @@ class NamedArgs(_Strict):
     args: dict[str, Any] = Field(default_factory=dict)
 
 
+class ArtifactsSpec(_Strict):
+    """Which trials keep their trained model as an Optuna artifact."""
+
+    keep: Literal["best_k", "complete", "none"] = Field(
+        "best_k",
+        description="best_k: every COMPLETE trial stores its model, and only the best "
+        "keep_best_k keep it; complete: every COMPLETE trial keeps it; none: no models",
+    )
+    keep_best_k: int = Field(5, ge=1, le=10_000)
+
+
 class WorkersSpec(_Strict):
     """How many workers train the study, and where."""
 
@@ -307,6 +318,7 @@ class StudySpec(_Strict):
     workers: WorkersSpec = Field(default_factory=WorkersSpec)
     constraints: list[Constraint] = Field(default_factory=list, max_length=8)
     warm_start: WarmStart | None = None
+    artifacts: ArtifactsSpec = Field(default_factory=ArtifactsSpec)
 
     @field_validator("objectives")
     @classmethod
@@ -473,6 +485,18 @@ class BestRead(BaseModel):
 
     directions: list[str]
     trials: list[TrialRead]
+
+
+class ArtifactRead(BaseModel):
+    """A file a trial stored (its trained model), and whether it is still kept."""
+
+    id: str
+    filename: str
+    mimetype: str
+    size_bytes: int | None = Field(description="null once deleted")
+    sha256: str | None
+    available: bool
+    reason: str | None = Field(None, description="why it is not available")
 
 
 class TaskRead(BaseModel):

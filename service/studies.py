@@ -14,12 +14,14 @@ from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import lifecycle, optuna_tables
+from service import artifacts, lifecycle, optuna_tables
 from service.db import after_commit, session_scope
 from service.errors import ConflictError, NotFoundError, SpecError
 from service.launchers import Launcher, launcher_errors
 from service.models import StudyRow, StudyStatus, WorkerRow
 from service.schemas import (
+    ArtifactRead,
+    ArtifactsSpec,
     BestRead,
     EnqueueRequest,
     Page,
@@ -391,7 +393,8 @@ def enqueue_trials(
 def delete_study(
     session: Session, name: str, storage: optuna.storages.BaseStorage, data_dir: Path
 ) -> None:
-    """Delete a study that is not running, with its Optuna study, logs and checkpoints.
+    """Delete a study that is not running, with its Optuna study, logs, checkpoints and
+    stored models.
 
     Raises:
         ConflictError: the study runs, or its workers have not exited yet (409).
@@ -400,10 +403,12 @@ def delete_study(
         optuna_tables.optuna_study_id(session, name) is not None
     ):
         # An Optuna study of no study of ours (made by another tool, or left by a crash).
+        files = artifacts.study_artifact_files(session, name, data_dir)
         session.rollback()  # before Optuna writes: SQLite has one writer
         with contextlib.suppress(KeyError):
             optuna.delete_study(study_name=name, storage=storage)
         shutil.rmtree(data_dir / "studies" / name, ignore_errors=True)
+        artifacts.remove_files(files)
         return
     row = get_study(session, name)
     if row.status == StudyStatus.RUNNING:
@@ -412,6 +417,7 @@ def delete_study(
         raise ConflictError(
             f"study {name!r} still has running workers; wait for them to exit, then delete"
         )
+    files = artifacts.study_artifact_files(session, name, data_dir)
     session.delete(row)
     session.flush()
 
@@ -419,6 +425,7 @@ def delete_study(
         with contextlib.suppress(KeyError):
             optuna.delete_study(study_name=name, storage=storage)
         shutil.rmtree(data_dir / "studies" / name, ignore_errors=True)
+        artifacts.remove_files(files)
 
     after_commit(session, remove_the_rest)
 
@@ -461,3 +468,44 @@ def stop_study(session: Session, name: str) -> StudyRead:
     row.set_status(StudyStatus.STOPPED, "stopped on request")
     session.flush()
     return read_study(session, row)
+
+
+def _artifacts_context(session: Session, name: str) -> tuple[int, list[str], ArtifactsSpec]:
+    optuna_id, directions = _optuna_ref_named(session, name)
+    return optuna_id, directions, StudySpec.from_stored(get_study(session, name).spec).artifacts
+
+
+def read_artifacts(session: Session, name: str, number: int, data_dir: Path) -> list[ArtifactRead]:
+    """The artifacts trial ``number`` of study ``name`` stored.
+
+    Raises:
+        NotFoundError: no such study or trial (404).
+    """
+    optuna_id, _, keep = _artifacts_context(session, name)
+    return artifacts.list_artifacts(session, optuna_id, number, keep, data_dir)
+
+
+def read_artifact(
+    session: Session, name: str, number: int, artifact_id: str, data_dir: Path
+) -> tuple[ArtifactRead, Path]:
+    """An artifact of trial ``number`` of study ``name``, and its file.
+
+    Raises:
+        NotFoundError: with why there is none to serve (404).
+    """
+    optuna_id, _, keep = _artifacts_context(session, name)
+    return artifacts.trial_artifact(session, optuna_id, number, artifact_id, keep, data_dir)
+
+
+def read_best_model(
+    session: Session, name: str, trial: int | None, data_dir: Path
+) -> tuple[int, ArtifactRead, Path]:
+    """The best trial's model of study ``name`` (``trial`` of the Pareto front with
+    several objectives): its trial number, artifact and file.
+
+    Raises:
+        NotFoundError: with why there is none to serve (404).
+        InvalidRequestError: several objectives and no ``trial`` (422).
+    """
+    optuna_id, directions, keep = _artifacts_context(session, name)
+    return artifacts.best_model(session, optuna_id, directions, trial, keep, data_dir)

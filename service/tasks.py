@@ -12,6 +12,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -83,6 +84,43 @@ class Task:
     )
     param_types: Mapping[str, type] = dataclasses.field(default_factory=dict)
     supports_ddp: bool = False
+
+    def load_model(self, path: str | Path, device: str = "cpu") -> TaskRun:
+        """A model file the service stored (``helios-hpo model``, ``GET .../best/model``)
+        back in this task's model: built with the file's parameters and task arguments,
+        its networks loaded on ``device`` and in evaluation mode; ``run.model.metrics``
+        holds the metrics its trial reported.
+
+        Raises:
+            ValueError: the file is not a helios-hpo model of this task.
+        """
+        import torch
+
+        from helios import Trainer
+        from service.artifacts import MODEL_FORMAT
+
+        try:
+            saved = torch.load(path, map_location=device, weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"{path} is not a helios-hpo model file: {exc}") from None
+        if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
+            raise ValueError(f"{path} is not a helios-hpo model file ({MODEL_FORMAT})")
+        if saved["task"] != self.name:
+            raise ValueError(f"{path} holds a model of task {saved['task']!r}, not {self.name!r}")
+        run = self.build(dict(saved["params"]), dict(saved["task_args"]))
+        run.model.trainer = Trainer(device=device, enable_progress_bar=False)
+        run.model.setup()
+        modules = run.model.modules()
+        if set(modules) != set(saved["modules"]):
+            raise ValueError(
+                f"{path} holds networks {sorted(saved['modules'])}; the task's model has "
+                f"{sorted(modules)}"
+            )
+        for name, module in modules.items():
+            module.load_state_dict(saved["modules"][name])
+        run.model.metrics.update(saved["metrics"])
+        run.model.eval()
+        return run
 
     def param_type(self, name: str) -> type:
         """The type parameter ``name`` takes: declared, else its default's (None: any)."""

@@ -48,7 +48,7 @@ from service.settings import Settings
 from service.space import build_pruner, build_sampler
 from service.stale import StaleTrials
 from service.studies import get_study
-from service.tasks import Task, get_task
+from service.tasks import Task, TaskRun, get_task
 
 if TYPE_CHECKING:
     from helios import Trainer
@@ -251,7 +251,31 @@ class _Training:
             value = float(run.model.metrics[constraint.metric])
             for key, violation in constraint.violations(value).items():
                 trial.set_constraint(key, violation)
-        return [float(run.model.metrics[m]) for m in self.metrics]
+        values = [float(run.model.metrics[m]) for m in self.metrics]
+        if self.spec.artifacts.keep != "none":
+            self._store_model(trial, run, params, values)
+        return values
+
+    def _store_model(
+        self, trial: optuna.Trial, run: TaskRun, params: dict[str, Any], values: list[float]
+    ) -> None:
+        """The trained networks, as an artifact of the trial (before it is told)."""
+        from service.artifacts import save_model
+
+        about = {
+            "task": self.task.name,
+            "study": self.name,
+            "trial": trial.number,
+            "params": params,
+            "task_args": {**self.task.default_task_args, **self.spec.task_args},
+            "values": values,
+            "metrics": {
+                k: float(v) for k, v in run.model.metrics.items() if isinstance(v, int | float)
+            },
+        }
+        modules = {name: m.state_dict() for name, m in run.model.modules().items()}
+        artifact_id = save_model(trial, modules, about, self.settings.data_dir)
+        log.info("model stored: artifact %s", artifact_id)
 
 
 class _Worker:
@@ -381,6 +405,8 @@ class _Worker:
         with self.heartbeat.beating(slot.trial_id, slot.number):
             outcome = self._outcome(slot)
         self.recorder.record(slot, outcome)
+        if outcome.state == TrialState.COMPLETE and self.spec.artifacts.keep == "best_k":
+            self._db("removing models outside the best", self._prune_models)
         if outcome.stopped:
             raise WorkerStopped("stopped during a trial")
         if outcome.state == TrialState.FAIL and self.ranks.several:
@@ -403,6 +429,15 @@ class _Worker:
             return Outcome(TrialState.FAIL)
         log.info("trial complete: %s", values)
         return Outcome(TrialState.COMPLETE, values)
+
+    def _prune_models(self) -> None:
+        from service.artifacts import prune_models
+
+        directions = [d.name.lower() for d in self.study.directions]
+        with session_scope(self.sessions) as session:
+            prune_models(
+                session, self.optuna_id, directions, self.spec.artifacts, self.settings.data_dir
+            )
 
     def _optuna_gone(self) -> bool:
         with self.engine.connect() as conn:

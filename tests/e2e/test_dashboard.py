@@ -68,7 +68,8 @@ def test_the_dashboard_shows_the_submitted_study(
     spec = synthetic(name, n_trials=5, search_space=space)
     with service.client() as client:
         assert client.post("/studies", json=spec).status_code == 201
-        assert wait_for_status(client, name, 60, service)["status"] == "finished"
+        finished = wait_for_status(client, name, 60, service)
+    assert finished["status"] == "finished"
 
     dashboard = f"http://127.0.0.1:{dashboard_port}"
     studies = httpx.get(f"{dashboard}/api/studies", timeout=10).json()["study_summaries"]
@@ -81,6 +82,10 @@ def test_the_dashboard_shows_the_submitted_study(
     assert "5 Trials" in trials, trials[:2000]
     assert "Trial 4" in trials
     assert "kind" in trials
+    # The best trial's stored model, listed on its page from the service's artifact store.
+    best = finished["best_trial"]
+    best_page = _page(chromium, f"{trials_url}?numbers={best}", "--dump-dom")
+    assert f"trial-{best}-model.pt" in best_page, best_page[:3000]
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     screenshot = (ARTIFACTS / f"dashboard-{Path(service.database_url).name[:40]}.png").resolve()

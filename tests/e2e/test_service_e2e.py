@@ -10,9 +10,11 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 import yaml
 
 from service.db import optuna_storage
+from service.tasks import get_task
 from tests.databases import sqlite_only
 from tests.e2e.harness import Service, optuna_trials, wait_for, wait_for_status
 from tests.specs import synthetic
@@ -247,6 +249,37 @@ def test_the_readme_python_client_example_runs(service: Service) -> None:
     assert "'lr': " in lines[0]
     assert "3/3" in done.stderr  # the progress bar
     assert len([line for line in lines if " trial=" in line]) == 3  # the worker's last lines
+
+
+@sqlite_only
+def test_the_downloaded_best_model_scores_what_its_trial_reported(
+    service: Service, tmp_path: Path
+) -> None:
+    spec = {**DIGITS, "name": "digits-model", "n_trials": 3, "task_args": {"epochs": 3}}
+    with service.client() as client:
+        assert client.post("/studies", json=spec).status_code == 201
+        study = wait_for_status(client, "digits-model", 300, service)
+    assert study["status"] == "finished", study["status_reason"]
+    output = tmp_path / "best.pt"
+    done = subprocess.run(
+        [sys.executable, "-m", "service.cli", "model", "digits-model", "-o", str(output),
+         "--url", service.url],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"saved the model of trial {study['best_trial']} of study 'digits-model'" in done.stdout
+
+    run = get_task("digits").load_model(output)
+    run.datamodule.setup()
+    valid = run.datamodule.valid_dataset
+    assert isinstance(valid, torch.utils.data.TensorDataset)
+    x, y = valid.tensors
+    with torch.no_grad():
+        accuracy = int((run.model.modules()["net"](x).argmax(dim=1) == y).sum()) / len(y)
+    assert accuracy == study["best_value"]
+    assert run.model.metrics["accuracy"] == study["best_value"]
+    with pytest.raises(ValueError, match="holds a model of task 'digits', not 'synthetic'"):
+        get_task("synthetic").load_model(output)
 
 
 @sqlite_only

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, BinaryIO, Literal
 
 from fastapi import APIRouter, Query, Response, status
+from fastapi import Path as FastApiPath
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from service import studies
 from service.api.deps import DatabaseDep, LaunchersDep, SettingsDep, StorageDep, StudyName
+from service.artifacts import ARTIFACT_ID_PATTERN, digest_header
+from service.errors import NotFoundError
 from service.schemas import (
+    ArtifactRead,
     BestRead,
     EnqueueRequest,
     ErrorBody,
@@ -31,6 +41,12 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
 # Bounded: the databases' integers are 64-bit.
 Offset = Annotated[int, Query(ge=0, le=1_000_000_000)]
 TrialState = Literal["RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL"]
+TrialNumber = Annotated[int, FastApiPath(ge=0, le=2**31 - 1)]
+ArtifactId = Annotated[str, FastApiPath(pattern=ARTIFACT_ID_PATTERN, max_length=36)]
+_FILE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/octet-stream": {}}, "description": "The file"}
+}
+_CHUNK = 1 << 20
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=StudyRead, responses=_ERRORS)
@@ -117,3 +133,75 @@ async def delete_study(
     """Delete a study that is not running, with its Optuna study, logs and checkpoints."""
     await db.run(studies.delete_study, name, storage, settings.data_dir)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/{name}/trials/{number}/artifacts",
+    response_model=list[ArtifactRead],
+    responses=_ERRORS,
+)
+async def read_artifacts(
+    name: StudyName, number: TrialNumber, db: DatabaseDep, settings: SettingsDep
+) -> list[ArtifactRead]:
+    """The files a trial stored (its trained model), each with whether it is still kept."""
+    return await db.run(studies.read_artifacts, name, number, settings.data_dir)
+
+
+@router.get(
+    "/{name}/trials/{number}/artifacts/{artifact_id}",
+    response_class=StreamingResponse,
+    responses={**_ERRORS, **_FILE},
+)
+async def download_artifact(
+    name: StudyName,
+    number: TrialNumber,
+    artifact_id: ArtifactId,
+    db: DatabaseDep,
+    settings: SettingsDep,
+) -> StreamingResponse:
+    """Download a trial's artifact (streamed, with its length and SHA-256 in Repr-Digest)."""
+    artifact, path = await db.run(
+        studies.read_artifact, name, number, artifact_id, settings.data_dir
+    )
+    return await _file_response(number, artifact, path)
+
+
+@router.get("/{name}/best/model", response_class=StreamingResponse, responses={**_ERRORS, **_FILE})
+async def download_best_model(
+    name: StudyName,
+    db: DatabaseDep,
+    settings: SettingsDep,
+    trial: Annotated[
+        int | None,
+        Query(
+            ge=0, le=2**31 - 1, description="with several objectives: a trial of the Pareto front"
+        ),
+    ] = None,
+) -> StreamingResponse:
+    """Download the best trial's model; ``X-Trial-Number`` says which trial it is."""
+    number, artifact, path = await db.run(studies.read_best_model, name, trial, settings.data_dir)
+    return await _file_response(number, artifact, path)
+
+
+async def _file_response(number: int, artifact: ArtifactRead, path: Path) -> StreamingResponse:
+    """The file, opened before the response starts: retention removing it later leaves
+    this download whole."""
+    try:
+        file: BinaryIO = await run_in_threadpool(path.open, "rb")
+    except FileNotFoundError:
+        raise NotFoundError(f"artifact {artifact.id} of trial {number} was deleted") from None
+    filename = re.sub(r"[^A-Za-z0-9._-]", "_", artifact.filename) or "artifact"
+    headers = {
+        "Content-Length": str(os.fstat(file.fileno()).st_size),
+        "Content-Disposition": f'attachment; filename="{filename}"',
+        "X-Trial-Number": str(number),
+    }
+    if artifact.sha256:
+        headers["Repr-Digest"] = digest_header(artifact.sha256)
+    return StreamingResponse(_chunks(file), media_type=artifact.mimetype, headers=headers)
+
+
+def _chunks(file: BinaryIO) -> Iterator[bytes]:
+    with file:
+        while chunk := file.read(_CHUNK):
+            yield chunk

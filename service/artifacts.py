@@ -1,0 +1,357 @@
+"""Trained models kept as Optuna artifacts of their trials, and which of them are kept.
+
+A COMPLETE trial's model (its networks' state, parameters, task arguments and metrics)
+goes to the artifact store under the data directory as an Optuna artifact of the trial,
+so optuna-dashboard lists it too; its SHA-256 is a trial system attribute beside
+Optuna's own. With ``artifacts.keep: best_k`` only the best K trials keep theirs: each
+completion removes the files of the trials that fell out of the best K.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from service import optuna_tables as ot
+from service.errors import InvalidRequestError, NotFoundError
+from service.schemas import ArtifactRead, ArtifactsSpec
+
+if TYPE_CHECKING:
+    import optuna
+    from sqlalchemy.orm import Session
+
+__all__ = [
+    "ARTIFACT_ID_PATTERN",
+    "MODEL_FORMAT",
+    "artifact_dir",
+    "best_model",
+    "digest_header",
+    "list_artifacts",
+    "prune_models",
+    "remove_files",
+    "save_model",
+    "study_artifact_files",
+    "trial_artifact",
+]
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "helios-hpo-model/1"
+ARTIFACT_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+_OPTUNA_KEY = "artifacts:"  # Optuna's system attribute of each artifact
+_SHA256_KEY = "helios_hpo:sha256:"  # ours, beside it
+_CHUNK = 1 << 20
+
+
+def artifact_dir(data_dir: Path) -> Path:
+    """The artifact store's folder: one file per artifact, named by its id."""
+    return data_dir / "artifacts"
+
+
+def save_model(
+    trial: optuna.Trial, modules: Mapping[str, Any], about: Mapping[str, Any], data_dir: Path
+) -> str:
+    """Store the trial's model as an artifact of the (still running) trial; its id.
+
+    Args:
+        modules: each network's ``state_dict`` by the model's attribute name.
+        about: ``task``, ``params``, ``task_args``, ``values`` and ``metrics``.
+    """
+    import torch
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+    store = artifact_dir(data_dir)
+    incoming = store / "incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=incoming) as work:
+        path = Path(work) / f"trial-{trial.number}-model.pt"
+        torch.save({"format": MODEL_FORMAT, **about, "modules": dict(modules)}, path)
+        digest = _sha256(path)
+        artifact_id = upload_artifact(
+            artifact_store=FileSystemArtifactStore(store),
+            file_path=str(path),
+            study_or_trial=trial,
+            mimetype="application/octet-stream",
+        )
+    trial.storage.set_trial_system_attr(trial._trial_id, _SHA256_KEY + artifact_id, digest)
+    return artifact_id
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def digest_header(sha256_hex: str) -> str:
+    """The ``Repr-Digest`` value (RFC 9530) of a SHA-256 given in hex."""
+    return f"sha-256=:{base64.b64encode(bytes.fromhex(sha256_hex)).decode()}:"
+
+
+# Retention
+
+
+def prune_models(
+    session: Session, optuna_id: int, directions: list[str], keep: ArtifactsSpec, data_dir: Path
+) -> list[int]:
+    """Remove the model files of the COMPLETE trials outside the best ``keep_best_k``
+    (feasible first, then by value; with several objectives: those off the Pareto
+    front); the numbers of the trials whose files it removed."""
+    if keep.keep != "best_k":
+        return []
+    stored = _stored_models(session, optuna_id)
+    if not stored:
+        return []
+    if len(directions) > 1:
+        front = {t.number for t in ot.pareto_front(session, optuna_id, directions)}
+        drop = [number for number in stored if number not in front]
+    else:
+        ranked = _ranked(session, optuna_id, directions[0], list(stored))
+        drop = ranked[keep.keep_best_k :]
+    removed = []
+    for number in drop:
+        for artifact_id in stored[number]:
+            path = artifact_dir(data_dir) / artifact_id
+            if path.exists():
+                path.unlink(missing_ok=True)  # a download in flight keeps its open file
+                removed.append(number)
+    if removed:
+        log.info("removed the models of trials %s (not in the best %d)", removed, keep.keep_best_k)
+    return removed
+
+
+def _stored_models(session: Session, optuna_id: int) -> dict[int, list[str]]:
+    """COMPLETE trial number -> ids of its artifacts."""
+    attrs = ot.optuna_trial_system_attributes
+    rows = session.execute(
+        select(ot.optuna_trials.c.number, attrs.c.key)
+        .join(attrs, attrs.c.trial_id == ot.optuna_trials.c.trial_id)
+        .where(
+            ot.optuna_trials.c.study_id == optuna_id,
+            ot.optuna_trials.c.state == "COMPLETE",
+            attrs.c.key.like(f"{_OPTUNA_KEY}%"),
+        )
+    )
+    stored: dict[int, list[str]] = {}
+    for number, key in rows:
+        stored.setdefault(number, []).append(key.removeprefix(_OPTUNA_KEY))
+    return stored
+
+
+def _ranked(session: Session, optuna_id: int, direction: str, numbers: list[int]) -> list[int]:
+    """``numbers`` best first: feasible before infeasible, then by value (infinite and
+    missing values last), then by number."""
+    trials, values = ot.optuna_trials, ot.optuna_trial_values
+    rows = session.execute(
+        select(
+            trials.c.number,
+            values.c.value,
+            values.c.value_type,
+            ot.infeasible_clause().label("infeasible"),
+        )
+        .outerjoin(values, (values.c.trial_id == trials.c.trial_id) & (values.c.objective == 0))
+        .where(trials.c.study_id == optuna_id, trials.c.number.in_(numbers))
+    ).all()
+    sign = 1.0 if direction == "minimize" else -1.0
+
+    def key(row: Any) -> tuple[bool, float, int]:
+        finite = row.value is not None and row.value_type == "FINITE"
+        return (bool(row.infeasible), sign * row.value if finite else float("inf"), row.number)
+
+    return [row.number for row in sorted(rows, key=key)]
+
+
+def study_artifact_files(session: Session, name: str, data_dir: Path) -> list[Path]:
+    """The files of every artifact of Optuna study ``name``'s trials (to delete with it)."""
+    optuna_id = ot.optuna_study_id(session, name)
+    if optuna_id is None:
+        return []
+    attrs = ot.optuna_trial_system_attributes
+    rows = session.execute(
+        select(attrs.c.key)
+        .join(ot.optuna_trials, attrs.c.trial_id == ot.optuna_trials.c.trial_id)
+        .where(ot.optuna_trials.c.study_id == optuna_id, attrs.c.key.like(f"{_OPTUNA_KEY}%"))
+    )
+    ids = [key.removeprefix(_OPTUNA_KEY) for (key,) in rows]
+    return [artifact_dir(data_dir) / i for i in ids if _is_id(i)]
+
+
+def remove_files(files: list[Path]) -> None:
+    for path in files:
+        path.unlink(missing_ok=True)
+
+
+# Reading
+
+
+def list_artifacts(
+    session: Session, optuna_id: int, number: int, keep: ArtifactsSpec, data_dir: Path
+) -> list[ArtifactRead]:
+    """The artifacts trial ``number`` stored, each with whether it is still kept."""
+    trial_id, _ = _trial(session, optuna_id, number)
+    return _artifacts(session, trial_id, keep, data_dir)
+
+
+def trial_artifact(
+    session: Session,
+    optuna_id: int,
+    number: int,
+    artifact_id: str | None,
+    keep: ArtifactsSpec,
+    data_dir: Path,
+) -> tuple[ArtifactRead, Path]:
+    """One artifact of trial ``number`` (its model when ``artifact_id`` is None) and its
+    file.
+
+    Raises:
+        NotFoundError: with why: no such trial, it did not complete, the study keeps no
+            models, no such artifact, or retention deleted it (404).
+    """
+    trial_id, state = _trial(session, optuna_id, number)
+    if state != "COMPLETE":
+        detail = f"trial {number} is {state}; only COMPLETE trials store their model"
+        if state in ("RUNNING", "WAITING"):
+            detail = f"trial {number} is {state}; its model is stored when it completes"
+        raise NotFoundError(detail)
+    found = _artifacts(session, trial_id, keep, data_dir)
+    if not found:
+        if keep.keep == "none":
+            raise NotFoundError(f"the study keeps no models (artifacts.keep: none); trial {number}")
+        raise NotFoundError(f"trial {number} stored no model")
+    wanted = found[-1] if artifact_id is None else None
+    for artifact in found:
+        if artifact.id == artifact_id:
+            wanted = artifact
+    if wanted is None:
+        raise NotFoundError(f"trial {number} has no artifact {artifact_id}")
+    if not wanted.available:
+        raise NotFoundError(f"artifact {wanted.id} of trial {number} {wanted.reason}")
+    return wanted, artifact_dir(data_dir) / wanted.id
+
+
+def best_model(
+    session: Session,
+    optuna_id: int,
+    directions: list[str],
+    trial: int | None,
+    keep: ArtifactsSpec,
+    data_dir: Path,
+) -> tuple[int, ArtifactRead, Path]:
+    """The model of the best trial (with several objectives: of ``trial``, which must be
+    on the Pareto front); its trial number, artifact and file.
+
+    Raises:
+        NotFoundError: no trial completed, ``trial`` is not on the front, or its model
+            is not kept (404).
+        InvalidRequestError: several objectives and no ``trial`` (422).
+    """
+    from service.trial_stats import trial_stats
+
+    if len(directions) > 1:
+        front = sorted(t.number for t in ot.pareto_front(session, optuna_id, directions))
+        if not front:
+            raise NotFoundError("no trial has completed yet")
+        if trial is None:
+            why = "a study with several objectives has no single best model; pick one of"
+            raise InvalidRequestError([("trial", f"{why} its Pareto front: {_numbers(front)}")])
+        if trial not in front:
+            raise NotFoundError(f"trial {trial} is not on the Pareto front ({_numbers(front)})")
+        number = trial
+    else:
+        best = trial_stats(session.connection(), optuna_id, directions[0]).best
+        if best is None:
+            raise NotFoundError("no trial has completed yet")
+        number = best.number
+        if trial is not None and trial != number:
+            raise NotFoundError(f"trial {trial} is not the best trial ({number})")
+    artifact, path = trial_artifact(session, optuna_id, number, None, keep, data_dir)
+    return number, artifact, path
+
+
+def _trial(session: Session, optuna_id: int, number: int) -> tuple[int, str]:
+    row = session.execute(
+        select(ot.optuna_trials.c.trial_id, ot.optuna_trials.c.state).where(
+            ot.optuna_trials.c.study_id == optuna_id, ot.optuna_trials.c.number == number
+        )
+    ).first()
+    if row is None:
+        raise NotFoundError(f"the study has no trial {number}")
+    return row.trial_id, str(row.state)
+
+
+def _artifacts(
+    session: Session, trial_id: int, keep: ArtifactsSpec, data_dir: Path
+) -> list[ArtifactRead]:
+    attrs = ot.optuna_trial_system_attributes
+    rows = session.execute(
+        select(attrs.c.key, attrs.c.value_json)
+        .where(
+            attrs.c.trial_id == trial_id,
+            attrs.c.key.like(f"{_OPTUNA_KEY}%") | attrs.c.key.like(f"{_SHA256_KEY}%"),
+        )
+        .order_by(attrs.c.trial_system_attribute_id)
+    ).all()
+    sums = {
+        key.removeprefix(_SHA256_KEY): json.loads(value)
+        for key, value in rows
+        if key.startswith(_SHA256_KEY)
+    }
+    found = []
+    for key, value in rows:
+        if not key.startswith(_OPTUNA_KEY):
+            continue
+        meta = _meta(value)
+        if meta is None:
+            continue
+        artifact_id = str(meta["artifact_id"])
+        path = artifact_dir(data_dir) / artifact_id
+        size = path.stat().st_size if _is_id(artifact_id) and path.is_file() else None
+        reason = None
+        if size is None:
+            reason = (
+                f"was deleted by retention: the study keeps the best {keep.keep_best_k} "
+                "trials' models (artifacts.keep_best_k)"
+                if keep.keep == "best_k"
+                else "was deleted"
+            )
+        found.append(
+            ArtifactRead(
+                id=artifact_id,
+                filename=str(meta.get("filename", "")),
+                mimetype=str(meta.get("mimetype", "application/octet-stream")),
+                size_bytes=size,
+                sha256=sums.get(artifact_id),
+                available=size is not None,
+                reason=reason,
+            )
+        )
+    return found
+
+
+def _meta(value_json: str) -> dict[str, Any] | None:
+    """Optuna's artifact meta: a JSON text stored as a JSON string (None: not one)."""
+    try:
+        meta = json.loads(value_json)
+        meta = json.loads(meta) if isinstance(meta, str) else meta
+    except ValueError:
+        return None
+    return meta if isinstance(meta, dict) and "artifact_id" in meta else None
+
+
+def _is_id(artifact_id: str) -> bool:
+    return re.fullmatch(ARTIFACT_ID_PATTERN, artifact_id) is not None
+
+
+def _numbers(numbers: list[int]) -> str:
+    return ", ".join(map(str, numbers))

@@ -1,0 +1,224 @@
+"""Trained models as trial artifacts: stored on COMPLETE, the best K kept, served whole."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import optuna
+import pytest
+import torch
+
+from service import optuna_tables
+from service.api import create_app
+from service.artifacts import artifact_dir, prune_models, save_model
+from service.client import Client, ServiceError
+from service.db import make_engine, make_session_factory, optuna_storage, session_scope
+from service.schemas import ArtifactsSpec
+from service.settings import Settings
+from tests.specs import synthetic
+from tests.support import serving
+
+# Loss (x - 2)^2 + 0.5 (y - 3)^2 + 1/(1 + cycle): trial 0 best, then 5, 1, 2, 4;
+# trial 3 (x = -5) is pruned at its first report.
+XS = [2.0, 1.0, 3.5, -5.0, 0.0, 2.5]
+
+
+@pytest.fixture
+def service(settings: Settings) -> Iterator[tuple[Client, Settings]]:
+    """The service with its supervisor (local workers train), and a client of it."""
+    with serving(create_app(settings)) as url, Client(url) as client:
+        yield client, settings
+
+
+def _finished(client: Client, spec: dict[str, Any]) -> dict[str, Any]:
+    client.create_study(spec)
+    study = client.wait(spec["name"], timeout_s=120, interval_s=0.2)
+    assert study["status"] == "finished", study["status_reason"]
+    return study
+
+
+def _ranked_study(name: str, **fields: Any) -> dict[str, Any]:
+    return synthetic(
+        name,
+        n_trials=len(XS),
+        workers=1,
+        epochs=2,
+        enqueue_trials=[{"x": x, "y": 3} for x in XS],
+        pruner={"name": "ThresholdPruner", "args": {"upper": 20.0}},
+        **fields,
+    )
+
+
+def _stored_files(settings: Settings) -> list[Path]:
+    store = artifact_dir(settings.data_dir)
+    return sorted(p for p in store.iterdir() if p.is_file()) if store.exists() else []
+
+
+def test_the_best_k_trials_keep_their_models_and_the_others_say_why(
+    service: tuple[Client, Settings], tmp_path: Path
+) -> None:
+    client, settings = service
+    study = _finished(client, _ranked_study("ranked", artifacts={"keep_best_k": 2}))
+    assert study["counts"] == {**study["counts"], "COMPLETE": 5, "PRUNED": 1}
+    assert study["best_trial"] == 0
+
+    # The best two keep a model; the other COMPLETE trials list theirs as deleted.
+    kept = {}
+    for number in (0, 1, 2, 4, 5):
+        (artifact,) = client.artifacts("ranked", number)
+        assert artifact["filename"] == f"trial-{number}-model.pt"
+        if number in (0, 5):
+            assert artifact["available"], artifact
+            assert artifact["size_bytes"] > 0
+            kept[number] = artifact
+        else:
+            assert not artifact["available"]
+            assert artifact["size_bytes"] is None
+            assert "deleted by retention" in artifact["reason"]
+            assert "best 2" in artifact["reason"]
+            with pytest.raises(ServiceError) as gone:
+                client.download_artifact("ranked", number, artifact["id"], tmp_path / "x.pt")
+            assert gone.value.status == 404
+            assert "deleted by retention" in gone.value.detail
+    assert [p.name for p in _stored_files(settings)] == sorted(a["id"] for a in kept.values())
+    assert client.artifacts("ranked", 3) == []  # PRUNED: none stored
+
+    # The best model: whole, its length and checksum in the headers.
+    response = httpx.get(f"{client.url}/studies/ranked/best/model")
+    assert response.status_code == 200
+    assert response.headers["x-trial-number"] == "0"
+    assert int(response.headers["content-length"]) == len(response.content)
+    sha = base64.b64encode(hashlib.sha256(response.content).digest()).decode()
+    assert response.headers["repr-digest"] == f"sha-256=:{sha}:"
+    assert hashlib.sha256(response.content).hexdigest() == kept[0]["sha256"]
+
+    saved = client.download_model("ranked", tmp_path / "best.pt")
+    assert (saved.trial, saved.sha256) == (0, kept[0]["sha256"])
+    model = torch.load(saved.path, weights_only=True)
+    assert model["format"] == "helios-hpo-model/1"
+    assert (model["task"], model["study"], model["trial"]) == ("synthetic", "ranked", 0)
+    assert (model["params"]["x"], model["params"]["y"]) == (2.0, 3)
+    assert model["values"] == [study["best_value"]]
+    assert not list(tmp_path.glob(".*.part"))
+
+    # Each missing model says why.
+    reasons = {
+        "/studies/ranked/trials/3/artifacts/" + kept[0]["id"]: "trial 3 is PRUNED",
+        "/studies/ranked/trials/0/artifacts/" + "0" * 8 + "-0000-0000-0000-" + "0" * 12: (
+            "trial 0 has no artifact"
+        ),
+        "/studies/ranked/trials/99/artifacts": "the study has no trial 99",
+        "/studies/ranked/best/model?trial=5": "trial 5 is not the best trial (0)",
+        "/studies/nothing/best/model": "no study named 'nothing'",
+    }
+    for path, reason in reasons.items():
+        answer = httpx.get(f"{client.url}{path}")
+        assert answer.status_code == 404, path
+        assert reason in answer.json()["detail"], (path, answer.json())
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/studies/ranked/trials/0/artifacts/..%2F..%2F..%2Fetc%2Fpasswd",
+        "/studies/ranked/trials/0/artifacts/%2Fetc%2Fpasswd",
+        "/studies/ranked/trials/0/artifacts/..",
+        "/studies/..%2Franked/best/model",
+        "/studies/ranked/trials/-1/artifacts",
+    ],
+)
+def test_no_path_outside_the_store_is_served(settings: Settings, path: str) -> None:
+    (settings.data_dir / "artifacts").mkdir(parents=True)
+    with serving(create_app(settings, supervise=False)) as url:
+        answer = httpx.get(url + path)
+    assert answer.status_code in (404, 422), answer.text
+    assert "root:" not in answer.text
+
+
+def test_keep_complete_stores_every_model_and_keep_none_stores_none(
+    service: tuple[Client, Settings],
+) -> None:
+    client, settings = service
+    _finished(client, _ranked_study("every", artifacts={"keep": "complete"}))
+    for number in (0, 1, 2, 4, 5):
+        assert [a["available"] for a in client.artifacts("every", number)] == [True]
+    assert len(_stored_files(settings)) == 5
+
+    _finished(client, _ranked_study("nothing-kept", artifacts={"keep": "none"}))
+    assert client.artifacts("nothing-kept", 0) == []
+    with pytest.raises(ServiceError) as none:
+        client.download_model("nothing-kept", settings.data_dir / "x.pt")
+    assert none.value.status == 404
+    assert "keeps no models (artifacts.keep: none)" in none.value.detail
+    assert len(_stored_files(settings)) == 5
+    client.delete("every")  # with its models
+    assert _stored_files(settings) == []
+
+
+def test_several_objectives_serve_a_model_of_the_pareto_front(
+    service: tuple[Client, Settings], tmp_path: Path
+) -> None:
+    client, _ = service
+    objectives = [
+        {"metric": "loss", "direction": "minimize"},
+        {"metric": "cost", "direction": "minimize"},
+    ]
+    enqueued = [{"x": 2.0, "y": 3}, {"x": 0.0, "y": 3}, {"x": 3.0, "y": 3}]
+    spec = synthetic("front", n_trials=3, epochs=1, objectives=objectives, enqueue_trials=enqueued)
+    _finished(client, spec)  # trial 2 is dominated by trial 0 (worse loss, more cost)
+    with pytest.raises(ServiceError) as unpicked:
+        client.download_model("front", tmp_path / "m.pt")
+    assert (unpicked.value.status, unpicked.value.code) == (422, "invalid_request")
+    assert [e["field"] for e in unpicked.value.errors] == ["trial"]
+    assert "Pareto front: 0, 1" in unpicked.value.errors[0]["message"]
+    assert client.download_model("front", tmp_path / "m.pt", trial=1).trial == 1
+    with pytest.raises(ServiceError) as dominated:
+        client.download_model("front", tmp_path / "m.pt", trial=2)
+    assert dominated.value.status == 404
+    assert "not on the Pareto front (0, 1)" in dominated.value.detail
+
+
+def test_retention_never_cuts_a_download_in_flight(settings: Settings) -> None:
+    """A model removed while it downloads arrives whole; the next download is a 404."""
+    with serving(create_app(settings, supervise=False)) as url, Client(url) as client:
+        client.create_study(synthetic("race", n_trials=2))
+    study = optuna.load_study(study_name="race", storage=optuna_storage(settings.database_url))
+    about = {"task": "synthetic", "params": {}, "task_args": {}, "metrics": {}}
+    numbers = []
+    for loss, size in ((5.0, 4_000_000), (1.0, 10)):  # the big one is worse
+        trial = study.ask()
+        save_model(
+            trial, {"w": {"t": torch.ones(size)}}, {**about, "values": [loss]}, settings.data_dir
+        )
+        study.tell(trial, loss)
+        numbers.append(trial.number)
+    sessions = make_session_factory(make_engine(settings.database_url))
+    with serving(create_app(settings, supervise=False)) as url:
+        (artifact,) = httpx.get(f"{url}/studies/race/trials/{numbers[0]}/artifacts").json()
+        where = f"{url}/studies/race/trials/{numbers[0]}/artifacts/{artifact['id']}"
+        with httpx.stream("GET", where) as response:
+            assert response.status_code == 200
+            chunks = response.iter_bytes()
+            received = [next(chunks)]
+            with session_scope(sessions) as session:
+                removed = prune_models(
+                    session,
+                    optuna_tables.optuna_study_id(session, "race") or -1,
+                    ["minimize"],
+                    ArtifactsSpec(keep="best_k", keep_best_k=1),
+                    settings.data_dir,
+                )
+            assert removed == [numbers[0]]
+            received += list(chunks)
+            length = int(response.headers["content-length"])
+        body = b"".join(received)
+        assert len(body) == length > 16_000_000
+        assert hashlib.sha256(body).hexdigest() == artifact["sha256"]
+        again = httpx.get(where)
+        assert again.status_code == 404
+        assert "deleted by retention" in again.json()["detail"]
