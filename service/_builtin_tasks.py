@@ -126,16 +126,23 @@ class SyntheticModel(Model):
     validation cycle."""
 
     def __init__(
-        self, params: dict[str, Any], sleep_s: float = 0.0, exit_code: int = 0, fail: bool = False
+        self,
+        params: dict[str, Any],
+        sleep_s: float = 0.0,
+        exit_code: int = 0,
+        fail: bool = False,
+        state_bytes: int = 0,
     ) -> None:
         super().__init__("synthetic")
         self.params = params
         self.sleep_s = sleep_s
         self.exit_code = exit_code
         self.fail = fail
+        self.state_bytes = state_bytes
 
     def setup(self) -> None:
-        pass
+        if self.state_bytes:  # weights that never train: they give checkpoints their size
+            self.net = nn.Linear(1, max(1, self.state_bytes // 4), bias=False).to(self.device)
 
     def train_step(self, batch: Any, state: TrainingState) -> None:
         if self.exit_code:

@@ -439,6 +439,15 @@ class StudySummary(BaseModel):
     created_at: dt.datetime
 
 
+class DiskUsage(BaseModel):
+    """Bytes a study holds in the data directory."""
+
+    checkpoints_bytes: int = Field(
+        description="working checkpoints: trials that run, and failed ones awaiting a retry"
+    )
+    artifacts_bytes: int = Field(description="stored models still kept")
+
+
 class StudyRead(BaseModel):
     """A study: its spec, status, trial counts, best value and workers."""
 
@@ -459,6 +468,7 @@ class StudyRead(BaseModel):
     finished_at: dt.datetime | None
     spec: StudySpec
     workers: list[WorkerRead]
+    disk: DiskUsage | None = Field(None, description="GET /studies/{name} only")
     warm_started: int | None = Field(
         None,
         description="trials copied in by the spec's warm_start (in the counts, not the budget)",

@@ -170,6 +170,11 @@ class Settings(BaseSettings):
         "collective) before it gives up; it must outlast db_retry_s, which rank 0 may spend "
         "between trials while the others wait.",
     )
+    keep_finished_checkpoints: bool = Field(
+        False,
+        description="Keep the working checkpoints of trials that finished COMPLETE or PRUNED "
+        "(to inspect a run); by default they are deleted once the trial ends.",
+    )
     # The Docker launcher (workers.launcher = "docker"): HELIOS_HPO_DOCKER_*.
     docker: DockerSettings = Field(default_factory=lambda: DockerSettings())
     # The Slurm launcher (workers.launcher = "slurm"): HELIOS_HPO_SLURM_*.

@@ -23,6 +23,7 @@ from service.schemas import (
     ArtifactRead,
     ArtifactsSpec,
     BestRead,
+    DiskUsage,
     EnqueueRequest,
     Page,
     StudyPatch,
@@ -277,9 +278,29 @@ def read_study(session: Session, row: StudyRow) -> StudyRead:
     )
 
 
-def summary(session: Session, name: str) -> StudyRead:
-    """The summary of the study named ``name``."""
-    return read_study(session, get_study(session, name))
+def summary(session: Session, name: str, data_dir: Path | None = None) -> StudyRead:
+    """The summary of the study named ``name`` (with its bytes on disk given ``data_dir``)."""
+    read = read_study(session, get_study(session, name))
+    if data_dir is not None:
+        read.disk = DiskUsage(
+            checkpoints_bytes=_tree_bytes(data_dir / "studies" / name / "trials"),
+            artifacts_bytes=sum(
+                _file_bytes(path)
+                for path in artifacts.study_artifact_files(session, name, data_dir)
+            ),
+        )
+    return read
+
+
+def _tree_bytes(root: Path) -> int:
+    return sum(_file_bytes(path) for path in root.rglob("*")) if root.is_dir() else 0
+
+
+def _file_bytes(path: Path) -> int:
+    try:
+        return path.stat().st_size if path.is_file() else 0
+    except OSError:  # removed meanwhile
+        return 0
 
 
 def read_trials(

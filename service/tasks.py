@@ -273,13 +273,19 @@ def _build_synthetic(params: dict[str, Any], task_args: dict[str, Any]) -> TaskR
         sleep_s=task_args["sleep_s"],
         exit_code=task_args["exit_code"],
         fail=task_args["fail"],
+        state_bytes=task_args["state_bytes"],
     )
     data = SyntheticData(batches=task_args["batches_per_epoch"])
     # A model without state has nothing to resume: no checkpoints.
+    chkpt_frequency = 1 if task_args["state_bytes"] else None
     return TaskRun(
         model,
         data,
-        {"total_steps": task_args["epochs"], "valid_frequency": 1, "chkpt_frequency": None},
+        {
+            "total_steps": task_args["epochs"],
+            "valid_frequency": 1,
+            "chkpt_frequency": chkpt_frequency,
+        },
     )
 
 
@@ -301,12 +307,14 @@ SYNTHETIC = register_task(
             "sleep_s": 0.0,
             "exit_code": 0,
             "fail": False,
+            "state_bytes": 0,  # a network of this size: checkpoints and stored models
         },
         task_arg_ranges={
             "epochs": (1, 100_000),
             "batches_per_epoch": (1, 100_000),
             "sleep_s": (0.0, 3600.0),
             "exit_code": (0, 255),
+            "state_bytes": (0, 1 << 30),
         },
         default_params={"x": 0.0, "y": 0, "kind": "bowl", "z": 0.0},
         build=_build_synthetic,

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -405,6 +406,11 @@ class _Worker:
         with self.heartbeat.beating(slot.trial_id, slot.number):
             outcome = self._outcome(slot)
         self.recorder.record(slot, outcome)
+        finished = outcome.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        if finished and not self.settings.keep_finished_checkpoints:
+            # Its working checkpoints served resumes; a failed trial keeps them for its retry.
+            checkpoints = trial_checkpoint_dir(self.settings.data_dir, self.name, slot.origin)
+            shutil.rmtree(checkpoints, ignore_errors=True)
         if outcome.state == TrialState.COMPLETE and self.spec.artifacts.keep == "best_k":
             self._db("removing models outside the best", self._prune_models)
         if outcome.stopped:

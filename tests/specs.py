@@ -6,7 +6,7 @@ from typing import Any
 
 __all__ = ["synthetic"]
 
-_TASK_ARGS = ("epochs", "sleep_s", "exit_code", "fail")
+_TASK_ARGS = ("epochs", "sleep_s", "exit_code", "fail", "state_bytes")
 _WORKERS = ("gpus_per_worker", "launcher", "image")
 
 
@@ -15,7 +15,7 @@ def synthetic(
 ) -> dict[str, Any]:
     """A spec of the synthetic task named ``name``.
 
-    ``epochs``, ``sleep_s``, ``exit_code`` and ``fail`` go into ``task_args``;
+    ``epochs``, ``sleep_s``, ``exit_code``, ``fail`` and ``state_bytes`` go into ``task_args``;
     ``workers`` (the count, or the whole ``workers`` mapping), ``gpus_per_worker``,
     ``launcher`` and ``image`` into ``workers``; every other field is the spec's own.
     """

@@ -222,3 +222,27 @@ def test_retention_never_cuts_a_download_in_flight(settings: Settings) -> None:
         again = httpx.get(where)
         assert again.status_code == 404
         assert "deleted by retention" in again.json()["detail"]
+
+
+@pytest.mark.parametrize("keep_checkpoints", [False, True], ids=["default", "kept"])
+def test_finished_trials_leave_only_the_kept_models_on_disk(
+    settings: Settings, keep_checkpoints: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Local workers read their settings from the service's environment.
+    monkeypatch.setenv("HELIOS_HPO_KEEP_FINISHED_CHECKPOINTS", str(keep_checkpoints).lower())
+    spec = _ranked_study("disk", artifacts={"keep_best_k": 2}, state_bytes=200_000)
+    with serving(create_app(settings)) as url, Client(url) as client:
+        _finished(client, spec)
+        disk = client.study("disk")["disk"]
+    models = _stored_files(settings)
+    assert len(models) == 2  # the best two
+    assert disk["artifacts_bytes"] == sum(p.stat().st_size for p in models)
+    assert 2 * 200_000 < disk["artifacts_bytes"] < 2 * 220_000
+    trials = settings.data_dir / "studies" / "disk" / "trials"
+    on_disk = sum(p.stat().st_size for p in trials.rglob("*") if p.is_file())
+    assert disk["checkpoints_bytes"] == on_disk
+    if keep_checkpoints:  # every trial's last checkpoint, the pruned one's too
+        assert sorted(int(d.name) for d in trials.iterdir()) == list(range(len(XS)))
+        assert on_disk > len(XS) * 200_000
+    else:
+        assert on_disk == 0

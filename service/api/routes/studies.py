@@ -66,9 +66,9 @@ async def list_studies(
 
 
 @router.get("/{name}", response_model=StudyRead, responses=_ERRORS)
-async def read_study(name: StudyName, db: DatabaseDep) -> StudyRead:
-    """A study's spec, status, trial counts, best value and workers."""
-    return await db.run(studies.summary, name)
+async def read_study(name: StudyName, db: DatabaseDep, settings: SettingsDep) -> StudyRead:
+    """A study's spec, status, trial counts, best value, workers and bytes on disk."""
+    return await db.run(studies.summary, name, settings.data_dir)
 
 
 @router.get("/{name}/trials", response_model=Page[TrialRead], responses=_ERRORS)
