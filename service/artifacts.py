@@ -229,10 +229,10 @@ def trial_artifact(
         if keep.keep == "none":
             raise NotFoundError(f"the study keeps no models (artifacts.keep: none); trial {number}")
         raise NotFoundError(f"trial {number} stored no model")
-    wanted = found[-1] if artifact_id is None else None
-    for artifact in found:
-        if artifact.id == artifact_id:
-            wanted = artifact
+    if artifact_id is None:
+        wanted: ArtifactRead | None = found[-1]  # the latest, should a trial have several
+    else:
+        wanted = next((a for a in found if a.id == artifact_id), None)
     if wanted is None:
         raise NotFoundError(f"trial {number} has no artifact {artifact_id}")
     if not wanted.available:
@@ -315,8 +315,7 @@ def _artifacts(
         if meta is None:
             continue
         artifact_id = str(meta["artifact_id"])
-        path = artifact_dir(data_dir) / artifact_id
-        size = path.stat().st_size if _is_id(artifact_id) and path.is_file() else None
+        size = _size(artifact_dir(data_dir) / artifact_id) if _is_id(artifact_id) else None
         reason = None
         if size is None:
             reason = (
@@ -337,6 +336,13 @@ def _artifacts(
             )
         )
     return found
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # removed by retention
+        return None
 
 
 def _meta(value_json: str) -> dict[str, Any] | None:

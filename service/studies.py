@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import os
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -293,7 +294,10 @@ def summary(session: Session, name: str, data_dir: Path | None = None) -> StudyR
 
 
 def _tree_bytes(root: Path) -> int:
-    return sum(_file_bytes(path) for path in root.rglob("*")) if root.is_dir() else 0
+    """The bytes of the files under ``root``; workers may remove folders meanwhile."""
+    return sum(
+        _file_bytes(Path(folder, name)) for folder, _, names in os.walk(root) for name in names
+    )
 
 
 def _file_bytes(path: Path) -> int:
