@@ -13,6 +13,7 @@ import base64
 import hashlib
 import json
 import logging
+import os
 import re
 import tempfile
 from collections.abc import Mapping
@@ -23,7 +24,7 @@ from sqlalchemy import select
 
 from service import optuna_tables as ot
 from service.errors import InvalidRequestError, NotFoundError
-from service.schemas import ArtifactRead, ArtifactsSpec
+from service.schemas import ArtifactRead, ArtifactsSpec, DiskUsage
 
 if TYPE_CHECKING:
     import optuna
@@ -35,6 +36,8 @@ __all__ = [
     "artifact_dir",
     "best_model",
     "digest_header",
+    "disk_usage",
+    "enforce_budget",
     "list_artifacts",
     "prune_models",
     "remove_files",
@@ -170,6 +173,72 @@ def _ranked(session: Session, optuna_id: int, direction: str, numbers: list[int]
         return (bool(row.infeasible), sign * row.value if finite else float("inf"), row.number)
 
     return [row.number for row in sorted(rows, key=key)]
+
+
+def enforce_budget(session: Session, data_dir: Path, budget_bytes: int) -> int:
+    """Keep the data directory's checkpoints and models within ``budget_bytes``: remove
+    stored models, the worst ranked of every study first, until it fits. Each study's
+    best model (with several objectives, its Pareto front) and the working checkpoints
+    of running and failed trials are never removed; the bytes still used."""
+    models = {
+        path.name: size
+        for path in artifact_dir(data_dir).glob("*")
+        if _is_id(path.name) and (size := _size(path)) is not None
+    }
+    used = sum(models.values()) + tree_bytes(data_dir / "studies")
+    if used <= budget_bytes:
+        return used
+    attrs = ot.optuna_trial_system_attributes
+    rows = session.execute(
+        select(ot.optuna_trials.c.study_id, ot.optuna_trials.c.number, attrs.c.key)
+        .join(attrs, attrs.c.trial_id == ot.optuna_trials.c.trial_id)
+        .where(ot.optuna_trials.c.state == "COMPLETE", attrs.c.key.like(f"{_OPTUNA_KEY}%"))
+    ).all()
+    by_study: dict[int, dict[int, list[str]]] = {}
+    for study_id, number, key in rows:
+        artifact_id = key.removeprefix(_OPTUNA_KEY)
+        if artifact_id in models:
+            by_study.setdefault(study_id, {}).setdefault(number, []).append(artifact_id)
+    candidates: list[tuple[int, int, str]] = []  # (rank, study, artifact id), worst last
+    for study_id, stored in by_study.items():
+        directions = ot.study_directions(session, study_id)
+        if len(directions) > 1:
+            front = {t.number for t in ot.pareto_front(session, study_id, directions)}
+            ranked = [[n for n in stored if n in front], [n for n in stored if n not in front]]
+            order = [(rank, n) for rank, group in enumerate(ranked) for n in group]
+        else:
+            order = list(enumerate(_ranked(session, study_id, directions[0], list(stored))))
+        candidates += [(rank, study_id, a) for rank, n in order if rank > 0 for a in stored[n]]
+    for _, _, artifact_id in sorted(candidates, reverse=True):
+        if used <= budget_bytes:
+            break
+        (artifact_dir(data_dir) / artifact_id).unlink(missing_ok=True)
+        used -= models[artifact_id]
+    if used > budget_bytes:
+        log.warning(
+            "checkpoints and models use %d bytes, over HELIOS_HPO_CHECKPOINT_BUDGET_BYTES "
+            "(%d): what is left is each study's best model and the checkpoints of running "
+            "and failed trials; delete finished studies or raise the budget",
+            used,
+            budget_bytes,
+        )
+    return used
+
+
+def disk_usage(session: Session, name: str, data_dir: Path) -> DiskUsage:
+    """The bytes study ``name`` holds: its working checkpoints and its kept models."""
+    files = study_artifact_files(session, name, data_dir)
+    return DiskUsage(
+        checkpoints_bytes=tree_bytes(data_dir / "studies" / name / "trials"),
+        artifacts_bytes=sum(_size(path) or 0 for path in files),
+    )
+
+
+def tree_bytes(root: Path) -> int:
+    """The bytes of the files under ``root``; workers may remove folders meanwhile."""
+    return sum(
+        _size(Path(folder, name)) or 0 for folder, _, names in os.walk(root) for name in names
+    )
 
 
 def study_artifact_files(session: Session, name: str, data_dir: Path) -> list[Path]:
@@ -322,7 +391,8 @@ def _artifacts(
                 f"was deleted by retention: the study keeps the best {keep.keep_best_k} "
                 "trials' models (artifacts.keep_best_k)"
                 if keep.keep == "best_k"
-                else "was deleted"
+                else "was deleted: the service's checkpoint budget "
+                "(HELIOS_HPO_CHECKPOINT_BUDGET_BYTES) removes the worst models first"
             )
         found.append(
             ArtifactRead(

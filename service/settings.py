@@ -170,6 +170,13 @@ class Settings(BaseSettings):
         "collective) before it gives up; it must outlast db_retry_s, which rank 0 may spend "
         "between trials while the others wait.",
     )
+    checkpoint_budget_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="The most bytes the checkpoints and stored models of all studies may "
+        "take: over it, the supervisor removes stored models, the worst ranked first, never "
+        "a study's best one nor a running or failed trial's checkpoints (unset: no limit).",
+    )
     keep_finished_checkpoints: bool = Field(
         False,
         description="Keep the working checkpoints of trials that finished COMPLETE or PRUNED "

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import os
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,7 +23,6 @@ from service.schemas import (
     ArtifactRead,
     ArtifactsSpec,
     BestRead,
-    DiskUsage,
     EnqueueRequest,
     Page,
     StudyPatch,
@@ -283,28 +281,8 @@ def summary(session: Session, name: str, data_dir: Path | None = None) -> StudyR
     """The summary of the study named ``name`` (with its bytes on disk given ``data_dir``)."""
     read = read_study(session, get_study(session, name))
     if data_dir is not None:
-        read.disk = DiskUsage(
-            checkpoints_bytes=_tree_bytes(data_dir / "studies" / name / "trials"),
-            artifacts_bytes=sum(
-                _file_bytes(path)
-                for path in artifacts.study_artifact_files(session, name, data_dir)
-            ),
-        )
+        read.disk = artifacts.disk_usage(session, name, data_dir)
     return read
-
-
-def _tree_bytes(root: Path) -> int:
-    """The bytes of the files under ``root``; workers may remove folders meanwhile."""
-    return sum(
-        _file_bytes(Path(folder, name)) for folder, _, names in os.walk(root) for name in names
-    )
-
-
-def _file_bytes(path: Path) -> int:
-    try:
-        return path.stat().st_size if path.is_file() else 0
-    except OSError:  # removed meanwhile
-        return 0
 
 
 def read_trials(

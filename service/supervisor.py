@@ -25,6 +25,7 @@ import dataclasses
 import datetime as dt
 import functools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -35,6 +36,7 @@ from sqlalchemy import Engine, and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import lifecycle, optuna_tables
+from service.artifacts import enforce_budget
 from service.db import session_scope
 from service.launchers import (
     LOST,
@@ -105,6 +107,7 @@ class Supervisor:
         stop_timeout_s: how long a stopped worker has to exit before SIGKILL.
         grace_s: how long a trial may go without a heartbeat.
         data_dir: where workers log.
+        checkpoint_budget_bytes: the most bytes checkpoints and stored models may take.
     """
 
     def __init__(
@@ -119,6 +122,7 @@ class Supervisor:
         grace_s: float,
         data_dir: Path,
         outage_s: float = 300.0,
+        checkpoint_budget_bytes: int | None = None,
     ) -> None:
         self._sessions = session_factory
         self._storage = storage
@@ -129,6 +133,8 @@ class Supervisor:
         self._stop_timeout_s = stop_timeout_s
         self._data_dir = data_dir
         self._outage_s = outage_s
+        self._budget = checkpoint_budget_bytes
+        self._budget_checked = -math.inf
         self._stale = StaleTrials(engine, grace_s)
         self._adopted = False
         self._strays_left = set(self._launchers)  # launchers whose strays are not removed yet
@@ -177,6 +183,13 @@ class Supervisor:
         self._let_go()
         if self._strays_left:
             self._remove_strays()
+        # Walking the data directory costs more than a tick: every ten intervals.
+        if self._budget is not None and time.monotonic() - self._budget_checked >= (
+            10 * self._interval_s
+        ):
+            self._budget_checked = time.monotonic()
+            with session_scope(self._sessions) as session:
+                enforce_budget(session, self._data_dir, self._budget)
 
     # -- after a (re)start -----------------------------------------------------
     def _adopt(self) -> None:

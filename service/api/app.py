@@ -63,6 +63,7 @@ def create_app(
                 grace_s=settings.heartbeat_grace_s,
                 data_dir=settings.data_dir.resolve(),
                 outage_s=settings.launcher_outage_s,
+                checkpoint_budget_bytes=settings.checkpoint_budget_bytes,
             )
             app.state.supervisor.start()
         try:

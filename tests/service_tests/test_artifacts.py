@@ -21,7 +21,7 @@ from service.db import make_engine, make_session_factory, optuna_storage, sessio
 from service.schemas import ArtifactsSpec
 from service.settings import Settings
 from tests.specs import synthetic
-from tests.support import serving
+from tests.support import serving, wait_for
 
 # Loss (x - 2)^2 + 0.5 (y - 3)^2 + 1/(1 + cycle): trial 0 best, then 5, 1, 2, 4;
 # trial 3 (x = -5) is pruned at its first report.
@@ -246,3 +246,29 @@ def test_finished_trials_leave_only_the_kept_models_on_disk(
         assert on_disk > len(XS) * 200_000
     else:
         assert on_disk == 0
+
+
+def test_the_service_budget_removes_the_worst_models_and_never_a_best(settings: Settings) -> None:
+    budget = 350_000  # three models of about 100 KB
+    settings = settings.model_copy(update={"checkpoint_budget_bytes": budget})
+    with serving(create_app(settings)) as url, Client(url) as client:
+        for name in ("one", "two"):
+            spec = _ranked_study(name, artifacts={"keep": "complete"}, state_bytes=100_000)
+            _finished(client, spec)
+        wait_for(
+            lambda: sum(p.stat().st_size for p in _stored_files(settings)) <= budget,
+            30,
+            "the supervisor to bring the models within the budget",
+        )
+        kept = {
+            (name, number)
+            for name in ("one", "two")
+            for number in (0, 1, 2, 4, 5)
+            if client.artifacts(name, number)[0]["available"]
+        }
+        (removed,) = client.artifacts("one", 4)
+        assert "checkpoint budget" in removed["reason"]
+    # The best of each study stays; of the rest, the second best of one study.
+    assert {("one", 0), ("two", 0)} <= kept
+    assert len(kept) == 3
+    assert {number for _, number in kept} == {0, 5}
