@@ -262,10 +262,11 @@ def _model(args: argparse.Namespace) -> int:
     output = args.output or Path(f"{args.name}.pt")
     with _service(args) as client:
         saved = client.download_model(args.name, output, trial=args.trial)
+        task = client.study(args.name)["task"]
     print(
         f"saved the model of trial {saved.trial} of study {args.name!r} to {saved.path} "
-        f"({saved.size_bytes} bytes, sha256 {saved.sha256[:12]}); in Python: "
-        f"service.tasks.get_task(TASK).load_model({str(saved.path)!r})"
+        f"({saved.size_bytes} bytes, sha256 {saved.sha256[:12]}); load it in Python with "
+        f"service.tasks.get_task({task!r}).load_model({str(saved.path)!r})"
     )
     return 0
 

@@ -268,6 +268,7 @@ def test_the_downloaded_best_model_scores_what_its_trial_reported(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert f"saved the model of trial {study['best_trial']} of study 'digits-model'" in done.stdout
+    assert "get_task('digits').load_model(" in done.stdout
 
     run = get_task("digits").load_model(output)
     run.datamodule.setup()
