@@ -148,7 +148,9 @@ def _stored_models(session: Session, optuna_id: int) -> dict[int, list[str]]:
     )
     stored: dict[int, list[str]] = {}
     for number, key in rows:
-        stored.setdefault(number, []).append(key.removeprefix(_OPTUNA_KEY))
+        artifact_id = key.removeprefix(_OPTUNA_KEY)
+        if _is_id(artifact_id):  # an id another tool wrote names no file of the store
+            stored.setdefault(number, []).append(artifact_id)
     return stored
 
 

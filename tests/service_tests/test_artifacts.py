@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import torch
 
 from service import optuna_tables
 from service.api import create_app
-from service.artifacts import artifact_dir, prune_models, save_model
+from service.artifacts import artifact_dir, enforce_budget, prune_models, save_model
 from service.client import Client, ServiceError
 from service.db import make_engine, make_session_factory, optuna_storage, session_scope
 from service.schemas import ArtifactsSpec
@@ -272,3 +273,39 @@ def test_the_service_budget_removes_the_worst_models_and_never_a_best(settings: 
     assert {("one", 0), ("two", 0)} <= kept
     assert len(kept) == 3
     assert {number for _, number in kept} == {0, 5}
+
+
+def test_an_artifact_id_another_tool_wrote_never_names_a_file_outside_the_store(
+    settings: Settings,
+) -> None:
+    victim = settings.data_dir / "victim.txt"
+    victim.parent.mkdir(parents=True)
+    victim.write_text("keep me")
+    with serving(create_app(settings, supervise=False)) as url, Client(url) as client:
+        client.create_study(synthetic("hostile", n_trials=3))
+        study = optuna.load_study(
+            study_name="hostile", storage=optuna_storage(settings.database_url)
+        )
+        about = {"task": "synthetic", "params": {}, "task_args": {}, "metrics": {}}
+        for loss in (0.1, 0.2):
+            trial = study.ask()
+            save_model(trial, {}, {**about, "values": [loss]}, settings.data_dir)
+            study.tell(trial, loss)
+        hostile = study.ask()  # the worst: retention and the budget would drop it first
+        meta = {"artifact_id": "../victim.txt", "filename": "x", "mimetype": "x", "encoding": None}
+        study._storage.set_trial_system_attr(
+            hostile._trial_id, "artifacts:../victim.txt", json.dumps(meta)
+        )
+        study.tell(hostile, 9.0)
+        (listed,) = client.artifacts("hostile", hostile.number)
+        assert not listed["available"]
+        sessions = make_session_factory(make_engine(settings.database_url))
+        with session_scope(sessions) as session:
+            optuna_id = optuna_tables.optuna_study_id(session, "hostile") or -1
+            keep = ArtifactsSpec(keep="best_k", keep_best_k=1)
+            assert prune_models(session, optuna_id, ["minimize"], keep, settings.data_dir) == [1]
+            enforce_budget(session, settings.data_dir, 1)
+        client.stop("hostile")
+        client.delete("hostile")
+    assert victim.read_text() == "keep me"
+    assert _stored_files(settings) == []  # the study's own models went with it
