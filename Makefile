@@ -29,8 +29,12 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
+# Two test processes (one per core here); the tests of the one Docker engine, and of the
+# one Slurm cluster, each run in a single process (--dist loadgroup). 0: one process.
+PYTEST_WORKERS ?= 2
+
 pytest: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 test: lint typecheck pytest
 

@@ -12,7 +12,9 @@ directory:
 
 Prints, for each, the bytes of checkpoints and models at the end and the most seen
 while it ran (``GET /studies/{name}``, polled), the ratio (b)/(a) at the end, and
-the bound (b) stays under: K models plus one working checkpoint per running trial.
+the bound (b) stays under: K models, plus for each running trial two working
+checkpoints (the next is written before the last is deleted) and its new model (until
+the prune after the trial is told).
 
     python bench/retention.py --trials 200 --state-mb 1 --workers 2
 """
@@ -92,8 +94,10 @@ def main() -> None:
     without = run("without", args, retention=False)
     with_ = run("with", args, retention=True)
     size = args.state_mb * MB
-    # A model file and a checkpoint each hold the state plus a little metadata.
-    bound = (args.keep + args.workers) * size * 1.05
+    # Each running trial may hold two checkpoints (the next is written before the last is
+    # deleted) and its new model until the prune after it is told; a model file and a
+    # checkpoint each hold the state plus a little metadata.
+    bound = (args.keep + 3 * args.workers) * size * 1.05
     print(
         f"trials={args.trials} state={args.state_mb} MB workers={args.workers} "
         f"keep_best_k={args.keep}"
@@ -107,7 +111,10 @@ def main() -> None:
     ratio = with_["end"] / without["end"] if without["end"] else float("nan")
     print(f"ratio (with/without) at the end: {ratio:.4f}")
     verdict = "within" if with_["peak"] <= bound else "OVER"
-    print(f"bound K models + one checkpoint per worker: {bound / MB:.1f} MB; peak {verdict} it")
+    print(
+        f"bound K models + 2 checkpoints and 1 model per running trial: {bound / MB:.1f} MB; "
+        f"peak {verdict} it"
+    )
 
 
 if __name__ == "__main__":

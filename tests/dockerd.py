@@ -29,6 +29,7 @@ from tests.support import debian_tool
 
 __all__ = [
     "BASE_IMAGE",
+    "DOCKER_GROUP",
     "COMPOSE_IMAGES",
     "SERVICE_IMAGE",
     "TORCH_IMAGE",
@@ -40,6 +41,8 @@ __all__ = [
 ]
 
 REPO = Path(__file__).resolve().parents[1]
+# One engine per run: under pytest-xdist every test of it runs in the same process.
+DOCKER_GROUP = pytest.mark.xdist_group("docker")
 # On dockerd's PATH: a stand-in for the NVIDIA Container Toolkit's hook, so the engine
 # takes GPU device requests (compose reservations, the launcher's default) as a GPU host's.
 ENGINE_BIN = REPO / "tests" / "engine_bin"

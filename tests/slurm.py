@@ -22,11 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.support import debian_tool, free_port, wait_for
 
-__all__ = ["GPUS", "SlurmCluster", "slurm_cluster"]
+__all__ = ["GPUS", "SLURM_GROUP", "SlurmCluster", "slurm_cluster"]
 
 GPUS = 2
+# One cluster per run: under pytest-xdist every test of it runs in the same process.
+SLURM_GROUP = pytest.mark.xdist_group("slurm")
 _MUNGE_SOCKET = Path("/run/munge")
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -70,11 +72,14 @@ def debian_tool(command: str, package: str) -> str:
     """The path of ``command``, installing Debian's ``package`` when it is missing (as root)."""
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
-    for step in ([install], [["apt-get", "update", "-q"], install]):  # then with fresh lists
-        if shutil.which(command) is not None or os.geteuid() != 0:
-            break
-        for argv in step:
-            subprocess.run(argv, env=env, check=False, capture_output=True, timeout=600)  # noqa: S603
+    # One apt at a time: parallel test processes would trip over dpkg's lock.
+    with open(Path(tempfile.gettempdir()) / "helios-hpo-apt.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for step in ([install], [["apt-get", "update", "-q"], install]):  # then fresh lists
+            if shutil.which(command) is not None or os.geteuid() != 0:
+                break
+            for argv in step:
+                subprocess.run(argv, env=env, check=False, capture_output=True, timeout=600)  # noqa: S603
     path = shutil.which(command)
     if path is None:
         pytest.fail(f"this test needs Debian's {package}: sudo apt-get install {package}")

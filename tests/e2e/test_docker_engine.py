@@ -24,7 +24,14 @@ import pytest
 from service.launchers.base import instance_label
 from service.launchers.docker import LABEL
 from service.lifecycle import finished_trials
-from tests.dockerd import SERVICE_IMAGE, WORKER_IMAGE, Dockerd, cache_dir, engine_tools
+from tests.dockerd import (
+    DOCKER_GROUP,
+    SERVICE_IMAGE,
+    WORKER_IMAGE,
+    Dockerd,
+    cache_dir,
+    engine_tools,
+)
 from tests.e2e.harness import (
     Service,
     latest_checkpoint_epoch,
@@ -38,7 +45,7 @@ from tests.e2e.harness import (
 from tests.specs import synthetic
 from tests.support import free_port
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+pytestmark = [pytest.mark.docker, pytest.mark.slow, DOCKER_GROUP]
 
 GPUS = [0, 1, 2]
 

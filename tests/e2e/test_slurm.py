@@ -24,10 +24,10 @@ from tests.e2e.harness import (
     wait_for,
     wait_for_status,
 )
-from tests.slurm import SlurmCluster, slurm_cluster
+from tests.slurm import SLURM_GROUP, SlurmCluster, slurm_cluster
 from tests.specs import synthetic
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, SLURM_GROUP]
 
 DIGITS = {
     "lr": 0.01, "hidden": 64, "dropout": 0.0, "optimizer": "adam", "batch_size": 16,
