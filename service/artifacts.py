@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     import optuna
     from sqlalchemy.orm import Session
 
+    from service.settings import Settings
+
 __all__ = [
     "ARTIFACT_ID_PATTERN",
     "MODEL_FORMAT",
@@ -40,9 +42,9 @@ __all__ = [
     "enforce_budget",
     "list_artifacts",
     "prune_models",
-    "remove_files",
     "save_model",
-    "study_artifact_files",
+    "study_artifact_ids",
+    "ModelStore",
     "trial_artifact",
 ]
 
@@ -60,8 +62,93 @@ def artifact_dir(data_dir: Path) -> Path:
     return data_dir / "artifacts"
 
 
+class ModelStore:
+    """Where stored models' bytes live: a folder under the data directory (the default),
+    or an S3 bucket (``HELIOS_HPO_ARTIFACT_STORE=s3://BUCKET``). ``optuna`` is the same
+    place as Optuna's artifact store, for uploads and for optuna-dashboard."""
+
+    def __init__(self, folder: Path | None = None, bucket: str | None = None, client: Any = None):
+        from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
+
+        self.folder, self.bucket, self._client = folder, bucket, client
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.optuna: Any = FileSystemArtifactStore(folder)
+        else:
+            self.optuna = Boto3ArtifactStore(bucket or "", client=client)
+
+    @classmethod
+    def of(cls, settings: Settings) -> ModelStore:
+        """The store the settings name (``artifact_store``, else the data directory)."""
+        if settings.artifact_store is None:
+            return cls(folder=artifact_dir(settings.data_dir))
+        try:
+            import boto3
+        except ImportError:
+            raise SystemExit(
+                "HELIOS_HPO_ARTIFACT_STORE names an S3 bucket: pip install 'helios-hpo[s3]'"
+            ) from None
+        client = boto3.client("s3", endpoint_url=settings.artifact_s3_endpoint_url)
+        return cls(bucket=settings.artifact_store.removeprefix("s3://"), client=client)
+
+    def size(self, artifact_id: str) -> int | None:
+        """The artifact's bytes; None once removed (or for an id that is not the store's)."""
+        if not _is_id(artifact_id):
+            return None
+        if self.folder is not None:
+            return _size(self.folder / artifact_id)
+        try:
+            return int(
+                self._client.head_object(Bucket=self.bucket, Key=artifact_id)["ContentLength"]
+            )
+        except self._client.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    def open(self, artifact_id: str) -> tuple[Any, int]:
+        """A reader of the artifact and its length; removing it later does not cut the read.
+
+        Raises:
+            FileNotFoundError: it is not there.
+        """
+        if not _is_id(artifact_id):
+            raise FileNotFoundError(artifact_id)
+        if self.folder is not None:
+            file = (self.folder / artifact_id).open("rb")
+            return file, os.fstat(file.fileno()).st_size
+        try:
+            found = self._client.get_object(Bucket=self.bucket, Key=artifact_id)
+        except self._client.exceptions.NoSuchKey:
+            raise FileNotFoundError(artifact_id) from None
+        return found["Body"], int(found["ContentLength"])
+
+    def remove(self, artifact_id: str) -> bool:
+        """Remove the artifact; whether it was there."""
+        if not _is_id(artifact_id):  # an id another tool wrote names nothing of ours
+            return False
+        if self.folder is not None:
+            path = self.folder / artifact_id
+            existed = path.exists()
+            path.unlink(missing_ok=True)  # a download in flight keeps its open file
+            return existed
+        existed = self.size(artifact_id) is not None
+        self._client.delete_object(Bucket=self.bucket, Key=artifact_id)
+        return existed
+
+    def local_sizes(self) -> dict[str, int]:
+        """Id -> bytes of every artifact in the folder (none for a bucket: not on disk)."""
+        if self.folder is None:
+            return {}
+        return {
+            path.name: size
+            for path in self.folder.glob("*")
+            if _is_id(path.name) and (size := _size(path)) is not None
+        }
+
+
 def save_model(
-    trial: optuna.Trial, modules: Mapping[str, Any], about: Mapping[str, Any], data_dir: Path
+    trial: optuna.Trial, modules: Mapping[str, Any], about: Mapping[str, Any], store: ModelStore
 ) -> str:
     """Store the trial's model as an artifact of the (still running) trial; its id.
 
@@ -70,17 +157,14 @@ def save_model(
         about: ``task``, ``params``, ``task_args``, ``values`` and ``metrics``.
     """
     import torch
-    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+    from optuna.artifacts import upload_artifact
 
-    store = artifact_dir(data_dir)
-    incoming = store / "incoming"
-    incoming.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=incoming) as work:
+    with tempfile.TemporaryDirectory(prefix="helios-hpo-model-") as work:
         path = Path(work) / f"trial-{trial.number}-model.pt"
         torch.save({"format": MODEL_FORMAT, **about, "modules": dict(modules)}, path)
         digest = _sha256(path)
         artifact_id = upload_artifact(
-            artifact_store=FileSystemArtifactStore(store),
+            artifact_store=store.optuna,
             file_path=str(path),
             study_or_trial=trial,
             mimetype="application/octet-stream",
@@ -106,7 +190,7 @@ def digest_header(sha256_hex: str) -> str:
 
 
 def prune_models(
-    session: Session, optuna_id: int, directions: list[str], keep: ArtifactsSpec, data_dir: Path
+    session: Session, optuna_id: int, directions: list[str], keep: ArtifactsSpec, store: ModelStore
 ) -> list[int]:
     """Remove the model files of the COMPLETE trials outside the best ``keep_best_k``
     (feasible first, then by value; with several objectives: those off the Pareto
@@ -125,9 +209,7 @@ def prune_models(
     removed = []
     for number in drop:
         for artifact_id in stored[number]:
-            path = artifact_dir(data_dir) / artifact_id
-            if path.exists():
-                path.unlink(missing_ok=True)  # a download in flight keeps its open file
+            if store.remove(artifact_id):
                 removed.append(number)
     if removed:
         log.info("removed the models of trials %s (not in the best %d)", removed, keep.keep_best_k)
@@ -177,16 +259,12 @@ def _ranked(session: Session, optuna_id: int, direction: str, numbers: list[int]
     return [row.number for row in sorted(rows, key=key)]
 
 
-def enforce_budget(session: Session, data_dir: Path, budget_bytes: int) -> int:
+def enforce_budget(session: Session, data_dir: Path, budget_bytes: int, store: ModelStore) -> int:
     """Keep the data directory's checkpoints and models within ``budget_bytes``: remove
     stored models, the worst ranked of every study first, until it fits. Each study's
     best model (with several objectives, its Pareto front) and the working checkpoints
     of running and failed trials are never removed; the bytes still used."""
-    models = {
-        path.name: size
-        for path in artifact_dir(data_dir).glob("*")
-        if _is_id(path.name) and (size := _size(path)) is not None
-    }
+    models = store.local_sizes()  # models in a bucket take no disk here
     used = sum(models.values()) + tree_bytes(data_dir / "studies")
     if used <= budget_bytes:
         return used
@@ -214,7 +292,7 @@ def enforce_budget(session: Session, data_dir: Path, budget_bytes: int) -> int:
     for _, _, artifact_id in sorted(candidates, reverse=True):
         if used <= budget_bytes:
             break
-        (artifact_dir(data_dir) / artifact_id).unlink(missing_ok=True)
+        store.remove(artifact_id)
         used -= models[artifact_id]
     if used > budget_bytes:
         log.warning(
@@ -227,12 +305,15 @@ def enforce_budget(session: Session, data_dir: Path, budget_bytes: int) -> int:
     return used
 
 
-def disk_usage(session: Session, name: str, data_dir: Path) -> DiskUsage:
-    """The bytes study ``name`` holds: its working checkpoints and its kept models."""
-    files = study_artifact_files(session, name, data_dir)
+def disk_usage(session: Session, name: str, data_dir: Path, store: ModelStore) -> DiskUsage:
+    """The bytes study ``name`` holds on disk: its working checkpoints and its kept models
+    (None for models in a bucket)."""
+    local = store.local_sizes() if store.folder is not None else None
     return DiskUsage(
         checkpoints_bytes=tree_bytes(data_dir / "studies" / name / "trials"),
-        artifacts_bytes=sum(_size(path) or 0 for path in files),
+        artifacts_bytes=None
+        if local is None
+        else sum(local.get(i, 0) for i in study_artifact_ids(session, name)),
     )
 
 
@@ -243,8 +324,8 @@ def tree_bytes(root: Path) -> int:
     )
 
 
-def study_artifact_files(session: Session, name: str, data_dir: Path) -> list[Path]:
-    """The files of every artifact of Optuna study ``name``'s trials (to delete with it)."""
+def study_artifact_ids(session: Session, name: str) -> list[str]:
+    """The ids of every artifact of Optuna study ``name``'s trials (to delete with it)."""
     optuna_id = ot.optuna_study_id(session, name)
     if optuna_id is None:
         return []
@@ -255,23 +336,18 @@ def study_artifact_files(session: Session, name: str, data_dir: Path) -> list[Pa
         .where(ot.optuna_trials.c.study_id == optuna_id, attrs.c.key.like(f"{_OPTUNA_KEY}%"))
     )
     ids = [key.removeprefix(_OPTUNA_KEY) for (key,) in rows]
-    return [artifact_dir(data_dir) / i for i in ids if _is_id(i)]
-
-
-def remove_files(files: list[Path]) -> None:
-    for path in files:
-        path.unlink(missing_ok=True)
+    return [i for i in ids if _is_id(i)]
 
 
 # Reading
 
 
 def list_artifacts(
-    session: Session, optuna_id: int, number: int, keep: ArtifactsSpec, data_dir: Path
+    session: Session, optuna_id: int, number: int, keep: ArtifactsSpec, store: ModelStore
 ) -> list[ArtifactRead]:
     """The artifacts trial ``number`` stored, each with whether it is still kept."""
     trial_id, _ = _trial(session, optuna_id, number)
-    return _artifacts(session, trial_id, keep, data_dir)
+    return _artifacts(session, trial_id, keep, store)
 
 
 def trial_artifact(
@@ -280,10 +356,9 @@ def trial_artifact(
     number: int,
     artifact_id: str | None,
     keep: ArtifactsSpec,
-    data_dir: Path,
-) -> tuple[ArtifactRead, Path]:
-    """One artifact of trial ``number`` (its model when ``artifact_id`` is None) and its
-    file.
+    store: ModelStore,
+) -> ArtifactRead:
+    """One artifact of trial ``number`` (its model when ``artifact_id`` is None).
 
     Raises:
         NotFoundError: with why: no such trial, it did not complete, the study keeps no
@@ -295,7 +370,7 @@ def trial_artifact(
         if state in ("RUNNING", "WAITING"):
             detail = f"trial {number} is {state}; its model is stored when it completes"
         raise NotFoundError(detail)
-    found = _artifacts(session, trial_id, keep, data_dir)
+    found = _artifacts(session, trial_id, keep, store)
     if not found:
         if keep.keep == "none":
             raise NotFoundError(f"the study keeps no models (artifacts.keep: none); trial {number}")
@@ -308,7 +383,7 @@ def trial_artifact(
         raise NotFoundError(f"trial {number} has no artifact {artifact_id}")
     if not wanted.available:
         raise NotFoundError(f"artifact {wanted.id} of trial {number} {wanted.reason}")
-    return wanted, artifact_dir(data_dir) / wanted.id
+    return wanted
 
 
 def best_model(
@@ -317,10 +392,10 @@ def best_model(
     directions: list[str],
     trial: int | None,
     keep: ArtifactsSpec,
-    data_dir: Path,
-) -> tuple[int, ArtifactRead, Path]:
+    store: ModelStore,
+) -> tuple[int, ArtifactRead]:
     """The model of the best trial (with several objectives: of ``trial``, which must be
-    on the Pareto front); its trial number, artifact and file.
+    on the Pareto front), and its trial number.
 
     Raises:
         NotFoundError: no trial completed, ``trial`` is not on the front, or its model
@@ -346,8 +421,7 @@ def best_model(
         number = best.number
         if trial is not None and trial != number:
             raise NotFoundError(f"trial {trial} is not the best trial ({number})")
-    artifact, path = trial_artifact(session, optuna_id, number, None, keep, data_dir)
-    return number, artifact, path
+    return number, trial_artifact(session, optuna_id, number, None, keep, store)
 
 
 def _trial(session: Session, optuna_id: int, number: int) -> tuple[int, str]:
@@ -362,7 +436,7 @@ def _trial(session: Session, optuna_id: int, number: int) -> tuple[int, str]:
 
 
 def _artifacts(
-    session: Session, trial_id: int, keep: ArtifactsSpec, data_dir: Path
+    session: Session, trial_id: int, keep: ArtifactsSpec, store: ModelStore
 ) -> list[ArtifactRead]:
     attrs = ot.optuna_trial_system_attributes
     rows = session.execute(
@@ -386,7 +460,7 @@ def _artifacts(
         if meta is None:
             continue
         artifact_id = str(meta["artifact_id"])
-        size = _size(artifact_dir(data_dir) / artifact_id) if _is_id(artifact_id) else None
+        size = store.size(artifact_id)
         reason = None
         if size is None:
             reason = (

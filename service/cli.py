@@ -96,9 +96,13 @@ def _serve(args: argparse.Namespace) -> int:
     upgrade(settings.database_url)
     print(f"helios-hpo: database {redact_url(settings.database_url)}, data in {settings.data_dir}")
     if args.dashboard_port is not None:
+        from service.artifacts import ModelStore
         from service.dashboard import start_dashboard
 
-        start_dashboard(settings.database_url, host, args.dashboard_port, tokens, settings.data_dir)
+        models = ModelStore.of(settings)
+        start_dashboard(
+            settings.database_url, host, args.dashboard_port, tokens, settings.data_dir, models
+        )
         print(f"helios-hpo: optuna-dashboard on http://{host}:{args.dashboard_port}")
     app = create_app(settings)
     # The ~120k objects of the imports live as long as the process: out of the
@@ -113,6 +117,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _dashboard(args: argparse.Namespace) -> int:
+    from service.artifacts import ModelStore
     from service.dashboard import start_dashboard
     from service.db import redact_url
     from service.settings import get_settings
@@ -121,7 +126,10 @@ def _dashboard(args: argparse.Namespace) -> int:
     tokens = _tokens(settings)
     if tokens is None or _exposure_refused(args.host, tokens, args.insecure):
         return 2
-    server = start_dashboard(settings.database_url, args.host, args.port, tokens, settings.data_dir)
+    models = ModelStore.of(settings)
+    server = start_dashboard(
+        settings.database_url, args.host, args.port, tokens, settings.data_dir, models
+    )
     print(
         f"helios-hpo: optuna-dashboard on http://{args.host}:{server.server_port} "
         f"for {redact_url(settings.database_url)}; Ctrl-C stops it"

@@ -18,7 +18,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from service import optuna_tables, studies
 from service.api.security import guard_wsgi, scrub_query
-from service.artifacts import artifact_dir
+from service.artifacts import ModelStore, artifact_dir
 from service.db import (
     make_engine,
     make_session_factory,
@@ -33,7 +33,7 @@ __all__ = ["DashboardServer", "dashboard_app", "service_rules", "start_dashboard
 log = logging.getLogger("helios_hpo.dashboard")
 
 
-def dashboard_app(database_url: str, data_dir: Path) -> Any:
+def dashboard_app(database_url: str, models: ModelStore) -> Any:
     """The dashboard's WSGI app over a cached Optuna storage on ``database_url``, with the
     service's artifact store: trial pages list and download the stored models."""
     try:
@@ -47,11 +47,7 @@ def dashboard_app(database_url: str, data_dir: Path) -> Any:
     # A URL (not a storage object) gets Optuna's cached storage: finished trials are
     # read once, so a large study's page stays fast.
     url = normalize_url(database_url).render_as_string(hide_password=False)
-    from optuna.artifacts import FileSystemArtifactStore
-
-    store = artifact_dir(data_dir)
-    store.mkdir(parents=True, exist_ok=True)
-    return optuna_dashboard.wsgi(url, artifact_store=FileSystemArtifactStore(store))
+    return optuna_dashboard.wsgi(url, artifact_store=models.optuna)
 
 
 class DashboardServer(socketserver.ThreadingMixIn, WSGIServer):
@@ -74,7 +70,9 @@ def _json(start_response: Callable[..., Any], status: str, body: dict[str, Any])
     return [json.dumps(body).encode()]
 
 
-def service_rules(app: Any, database_url: str, data_dir: Path) -> Any:
+def service_rules(
+    app: Any, database_url: str, data_dir: Path, models: ModelStore | None = None
+) -> Any:
     """The service's rules in front of the dashboard's study-deleting and renaming endpoints.
 
     A study of the service is deleted as ``DELETE /studies/{name}`` deletes it (refused
@@ -106,7 +104,7 @@ def service_rules(app: Any, database_url: str, data_dir: Path) -> Any:
             return _json(start_response, "409 Conflict", {"reason": reason})
         try:
             with session_scope(sessions) as session:
-                studies.delete_study(session, name, storage, data_dir)
+                studies.delete_study(session, name, storage, data_dir, models)
         except (ConflictError, NotFoundError) as exc:
             return _json(start_response, "409 Conflict", {"reason": exc.detail})
         return _json(start_response, "204 No Content", {})
@@ -120,6 +118,7 @@ def start_dashboard(
     port: int,
     tokens: Mapping[str, str] | None = None,
     data_dir: Path = Path("helios-hpo-data"),
+    models: ModelStore | None = None,
 ) -> DashboardServer:
     """Serve the dashboard on ``host:port`` in a daemon thread; ``shutdown()`` stops it.
 
@@ -128,7 +127,8 @@ def start_dashboard(
     study of the service follows the service's rules (``service_rules``).
     """
     server = DashboardServer((host, port), _LogHandler)
-    ruled = service_rules(dashboard_app(database_url, data_dir), database_url, data_dir)
+    models = models or ModelStore(folder=artifact_dir(data_dir))
+    ruled = service_rules(dashboard_app(database_url, models), database_url, data_dir, models)
     server.set_app(guard_wsgi(ruled, tokens or {}))
     threading.Thread(target=server.serve_forever, name="dashboard", daemon=True).start()
     log.info("optuna-dashboard on http://%s:%s", host, server.server_port)

@@ -445,7 +445,9 @@ class DiskUsage(BaseModel):
     checkpoints_bytes: int = Field(
         description="working checkpoints: trials that run, and failed ones awaiting a retry"
     )
-    artifacts_bytes: int = Field(description="stored models still kept")
+    artifacts_bytes: int | None = Field(
+        description="stored models still kept (null: they are in an S3 bucket, not on disk)"
+    )
 
 
 class StudyRead(BaseModel):

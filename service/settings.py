@@ -170,6 +170,15 @@ class Settings(BaseSettings):
         "collective) before it gives up; it must outlast db_retry_s, which rank 0 may spend "
         "between trials while the others wait.",
     )
+    artifact_store: str | None = Field(
+        None,
+        pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+        description="s3://BUCKET: stored models go to this S3 bucket (extra s3; credentials "
+        "and region from the usual AWS_* variables) instead of the data directory.",
+    )
+    artifact_s3_endpoint_url: str | None = Field(
+        None, description="The S3 endpoint of an S3-compatible store (MinIO, Ceph RGW, ...)."
+    )
     checkpoint_budget_bytes: int | None = Field(
         None,
         ge=1,

@@ -277,11 +277,17 @@ def read_study(session: Session, row: StudyRow) -> StudyRead:
     )
 
 
-def summary(session: Session, name: str, data_dir: Path | None = None) -> StudyRead:
-    """The summary of the study named ``name`` (with its bytes on disk given ``data_dir``)."""
+def summary(
+    session: Session,
+    name: str,
+    data_dir: Path | None = None,
+    models: artifacts.ModelStore | None = None,
+) -> StudyRead:
+    """The summary of the study named ``name`` (with its bytes on disk given both
+    ``data_dir`` and its ``models``' store)."""
     read = read_study(session, get_study(session, name))
-    if data_dir is not None:
-        read.disk = artifacts.disk_usage(session, name, data_dir)
+    if data_dir is not None and models is not None:
+        read.disk = artifacts.disk_usage(session, name, data_dir, models)
     return read
 
 
@@ -394,7 +400,11 @@ def enqueue_trials(
 
 
 def delete_study(
-    session: Session, name: str, storage: optuna.storages.BaseStorage, data_dir: Path
+    session: Session,
+    name: str,
+    storage: optuna.storages.BaseStorage,
+    data_dir: Path,
+    models: artifacts.ModelStore | None = None,
 ) -> None:
     """Delete a study that is not running, with its Optuna study, logs, checkpoints and
     stored models.
@@ -406,12 +416,12 @@ def delete_study(
         optuna_tables.optuna_study_id(session, name) is not None
     ):
         # An Optuna study of no study of ours (made by another tool, or left by a crash).
-        files = artifacts.study_artifact_files(session, name, data_dir)
+        stored = artifacts.study_artifact_ids(session, name)
         session.rollback()  # before Optuna writes: SQLite has one writer
         with contextlib.suppress(KeyError):
             optuna.delete_study(study_name=name, storage=storage)
         shutil.rmtree(data_dir / "studies" / name, ignore_errors=True)
-        artifacts.remove_files(files)
+        _remove_models(models, stored)
         return
     row = get_study(session, name)
     if row.status == StudyStatus.RUNNING:
@@ -420,7 +430,7 @@ def delete_study(
         raise ConflictError(
             f"study {name!r} still has running workers; wait for them to exit, then delete"
         )
-    files = artifacts.study_artifact_files(session, name, data_dir)
+    stored = artifacts.study_artifact_ids(session, name)
     session.delete(row)
     session.flush()
 
@@ -428,9 +438,19 @@ def delete_study(
         with contextlib.suppress(KeyError):
             optuna.delete_study(study_name=name, storage=storage)
         shutil.rmtree(data_dir / "studies" / name, ignore_errors=True)
-        artifacts.remove_files(files)
+        _remove_models(models, stored)
 
     after_commit(session, remove_the_rest)
+
+
+def _remove_models(models: artifacts.ModelStore | None, ids: list[str]) -> None:
+    if models is None:
+        return
+    for artifact_id in ids:
+        try:
+            models.remove(artifact_id)
+        except Exception:  # a bucket out of reach: the study is gone, its models stay
+            log.warning("could not remove stored model %s", artifact_id, exc_info=True)
 
 
 def retry_failed_trial(
@@ -478,37 +498,39 @@ def _artifacts_context(session: Session, name: str) -> tuple[int, list[str], Art
     return optuna_id, directions, StudySpec.from_stored(get_study(session, name).spec).artifacts
 
 
-def read_artifacts(session: Session, name: str, number: int, data_dir: Path) -> list[ArtifactRead]:
+def read_artifacts(
+    session: Session, name: str, number: int, models: artifacts.ModelStore
+) -> list[ArtifactRead]:
     """The artifacts trial ``number`` of study ``name`` stored.
 
     Raises:
         NotFoundError: no such study or trial (404).
     """
     optuna_id, _, keep = _artifacts_context(session, name)
-    return artifacts.list_artifacts(session, optuna_id, number, keep, data_dir)
+    return artifacts.list_artifacts(session, optuna_id, number, keep, models)
 
 
 def read_artifact(
-    session: Session, name: str, number: int, artifact_id: str, data_dir: Path
-) -> tuple[ArtifactRead, Path]:
-    """An artifact of trial ``number`` of study ``name``, and its file.
+    session: Session, name: str, number: int, artifact_id: str, models: artifacts.ModelStore
+) -> ArtifactRead:
+    """An artifact of trial ``number`` of study ``name``.
 
     Raises:
         NotFoundError: with why there is none to serve (404).
     """
     optuna_id, _, keep = _artifacts_context(session, name)
-    return artifacts.trial_artifact(session, optuna_id, number, artifact_id, keep, data_dir)
+    return artifacts.trial_artifact(session, optuna_id, number, artifact_id, keep, models)
 
 
 def read_best_model(
-    session: Session, name: str, trial: int | None, data_dir: Path
-) -> tuple[int, ArtifactRead, Path]:
+    session: Session, name: str, trial: int | None, models: artifacts.ModelStore
+) -> tuple[int, ArtifactRead]:
     """The best trial's model of study ``name`` (``trial`` of the Pareto front with
-    several objectives): its trial number, artifact and file.
+    several objectives), and its trial number.
 
     Raises:
         NotFoundError: with why there is none to serve (404).
         InvalidRequestError: several objectives and no ``trial`` (422).
     """
     optuna_id, directions, keep = _artifacts_context(session, name)
-    return artifacts.best_model(session, optuna_id, directions, trial, keep, data_dir)
+    return artifacts.best_model(session, optuna_id, directions, trial, keep, models)

@@ -36,7 +36,7 @@ from sqlalchemy import Engine, and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import lifecycle, optuna_tables
-from service.artifacts import enforce_budget
+from service.artifacts import ModelStore, artifact_dir, enforce_budget
 from service.db import session_scope
 from service.launchers import (
     LOST,
@@ -108,6 +108,7 @@ class Supervisor:
         grace_s: how long a trial may go without a heartbeat.
         data_dir: where workers log.
         checkpoint_budget_bytes: the most bytes checkpoints and stored models may take.
+        models: where stored models are (default: the data directory's folder).
     """
 
     def __init__(
@@ -123,6 +124,7 @@ class Supervisor:
         data_dir: Path,
         outage_s: float = 300.0,
         checkpoint_budget_bytes: int | None = None,
+        models: ModelStore | None = None,
     ) -> None:
         self._sessions = session_factory
         self._storage = storage
@@ -134,6 +136,7 @@ class Supervisor:
         self._data_dir = data_dir
         self._outage_s = outage_s
         self._budget = checkpoint_budget_bytes
+        self._models = models or ModelStore(folder=artifact_dir(data_dir))
         self._budget_checked = -math.inf
         self._stale = StaleTrials(engine, grace_s)
         self._adopted = False
@@ -189,7 +192,7 @@ class Supervisor:
         ):
             self._budget_checked = time.monotonic()
             with session_scope(self._sessions) as session:
-                enforce_budget(session, self._data_dir, self._budget)
+                enforce_budget(session, self._data_dir, self._budget, self._models)
 
     # -- after a (re)start -----------------------------------------------------
     def _adopt(self) -> None:

@@ -53,6 +53,7 @@ from service.tasks import Task, TaskRun, get_task
 
 if TYPE_CHECKING:
     from helios import Trainer
+    from service.artifacts import ModelStore
 
 __all__ = [
     "WorkerStopped",
@@ -198,6 +199,7 @@ class _Training:
             for name, param in (spec.search_space or {}).items()
         }
         self.trainer: Trainer | None = None  # the trial's, while it trains
+        self._models: ModelStore | None = None
         self.trials_started = 0
 
     def train(self, trial: optuna.Trial | None, origin: int) -> list[float]:
@@ -257,6 +259,15 @@ class _Training:
             self._store_model(trial, run, params, values)
         return values
 
+    @property
+    def models(self) -> ModelStore:
+        """Where models are stored (made at first use: an S3 client costs a little)."""
+        if self._models is None:
+            from service.artifacts import ModelStore
+
+            self._models = ModelStore.of(self.settings)
+        return self._models
+
     def _store_model(
         self, trial: optuna.Trial, run: TaskRun, params: dict[str, Any], values: list[float]
     ) -> None:
@@ -275,7 +286,7 @@ class _Training:
             },
         }
         modules = {name: m.state_dict() for name, m in run.model.modules().items()}
-        artifact_id = save_model(trial, modules, about, self.settings.data_dir)
+        artifact_id = save_model(trial, modules, about, self.models)
         log.info("model stored: artifact %s", artifact_id)
 
 
@@ -442,7 +453,7 @@ class _Worker:
         directions = [d.name.lower() for d in self.study.directions]
         with session_scope(self.sessions) as session:
             prune_models(
-                session, self.optuna_id, directions, self.spec.artifacts, self.settings.data_dir
+                session, self.optuna_id, directions, self.spec.artifacts, self.training.models
             )
 
     def _optuna_gone(self) -> bool:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from _pytest.nodeid import coerce_node_id
 
 from tests.databases import postgres_url
 from tests.dockerd import Dockerd, build_images, cache_dir, engine_tools
@@ -15,12 +16,28 @@ __all__ = ["postgres_url"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _tag_xdist_groups(config, items)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+def _tag_xdist_groups(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In a pytest-xdist worker under ``--dist loadgroup``, end each grouped test's id with
+    ``@GROUP``, which is how the scheduler keeps a group in one process. xdist 3.8 sets
+    the id through an attribute pytest 9 no longer reads, so the tags are set here."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        names = {
+            str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+            for mark in item.iter_markers("xdist_group")
+        }
+        if names and "@" not in item.nodeid:
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(sorted(names))}")
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from service.api.errors import COMMON_ERRORS, install_error_handlers
 from service.api.routes import studies, tasks, workers
 from service.api.security import ApiGuard
+from service.artifacts import ModelStore
 from service.db import make_engine, make_session_factory, optuna_storage
 from service.launchers import Launcher, from_settings
 from service.settings import Settings, get_settings
@@ -42,6 +43,7 @@ def create_app(
         to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         engine = make_engine(settings.database_url)
         app.state.settings = settings
+        app.state.models = ModelStore.of(settings)
         app.state.sessions = make_session_factory(engine)
         # Heartbeats on: the supervisor fails stale trials of studies left without workers.
         app.state.storage = optuna_storage(
@@ -64,6 +66,7 @@ def create_app(
                 data_dir=settings.data_dir.resolve(),
                 outage_s=settings.launcher_outage_s,
                 checkpoint_budget_bytes=settings.checkpoint_budget_bytes,
+                models=app.state.models,
             )
             app.state.supervisor.start()
         try:

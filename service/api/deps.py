@@ -10,13 +10,22 @@ from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from service.artifacts import ModelStore
 from service.db import after_commit, session_scope
 from service.launchers import Launcher
 from service.schemas import NAME_PATTERN
 from service.settings import Settings
 from service.supervisor import Supervisor
 
-__all__ = ["Database", "DatabaseDep", "LaunchersDep", "SettingsDep", "StorageDep", "StudyName"]
+__all__ = [
+    "Database",
+    "DatabaseDep",
+    "LaunchersDep",
+    "ModelsDep",
+    "SettingsDep",
+    "StorageDep",
+    "StudyName",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -66,6 +75,11 @@ async def _launchers(request: Request) -> dict[str, Launcher]:
     return launchers
 
 
+async def _models(request: Request) -> ModelStore:
+    models: ModelStore = request.app.state.models
+    return models
+
+
 async def _storage(request: Request) -> optuna.storages.BaseStorage:
     storage: optuna.storages.BaseStorage = request.app.state.storage
     return storage
@@ -76,5 +90,6 @@ DatabaseDep = Annotated[Database, Depends(_database)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 LaunchersDep = Annotated[dict[str, Launcher], Depends(_launchers)]
 StorageDep = Annotated[optuna.storages.BaseStorage, Depends(_storage)]
+ModelsDep = Annotated[ModelStore, Depends(_models)]
 # A name no study can have (a NUL byte, a slash) is refused before it reaches the database.
 StudyName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=64)]

@@ -16,7 +16,7 @@ import torch
 
 from service import optuna_tables
 from service.api import create_app
-from service.artifacts import artifact_dir, enforce_budget, prune_models, save_model
+from service.artifacts import ModelStore, artifact_dir, enforce_budget, prune_models, save_model
 from service.client import Client, ServiceError
 from service.db import make_engine, make_session_factory, optuna_storage, session_scope
 from service.schemas import ArtifactsSpec
@@ -194,7 +194,10 @@ def test_retention_never_cuts_a_download_in_flight(settings: Settings) -> None:
     for loss, size in ((5.0, 4_000_000), (1.0, 10)):  # the big one is worse
         trial = study.ask()
         save_model(
-            trial, {"w": {"t": torch.ones(size)}}, {**about, "values": [loss]}, settings.data_dir
+            trial,
+            {"w": {"t": torch.ones(size)}},
+            {**about, "values": [loss]},
+            ModelStore.of(settings),
         )
         study.tell(trial, loss)
         numbers.append(trial.number)
@@ -212,7 +215,7 @@ def test_retention_never_cuts_a_download_in_flight(settings: Settings) -> None:
                     optuna_tables.optuna_study_id(session, "race") or -1,
                     ["minimize"],
                     ArtifactsSpec(keep="best_k", keep_best_k=1),
-                    settings.data_dir,
+                    ModelStore.of(settings),
                 )
             assert removed == [numbers[0]]
             received += list(chunks)
@@ -289,7 +292,7 @@ def test_an_artifact_id_another_tool_wrote_never_names_a_file_outside_the_store(
         about = {"task": "synthetic", "params": {}, "task_args": {}, "metrics": {}}
         for loss in (0.1, 0.2):
             trial = study.ask()
-            save_model(trial, {}, {**about, "values": [loss]}, settings.data_dir)
+            save_model(trial, {}, {**about, "values": [loss]}, ModelStore.of(settings))
             study.tell(trial, loss)
         hostile = study.ask()  # the worst: retention and the budget would drop it first
         meta = {"artifact_id": "../victim.txt", "filename": "x", "mimetype": "x", "encoding": None}
@@ -303,8 +306,9 @@ def test_an_artifact_id_another_tool_wrote_never_names_a_file_outside_the_store(
         with session_scope(sessions) as session:
             optuna_id = optuna_tables.optuna_study_id(session, "hostile") or -1
             keep = ArtifactsSpec(keep="best_k", keep_best_k=1)
-            assert prune_models(session, optuna_id, ["minimize"], keep, settings.data_dir) == [1]
-            enforce_budget(session, settings.data_dir, 1)
+            models = ModelStore.of(settings)
+            assert prune_models(session, optuna_id, ["minimize"], keep, models) == [1]
+            enforce_budget(session, settings.data_dir, 1, models)
         client.stop("hostile")
         client.delete("hostile")
     assert victim.read_text() == "keep me"

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Annotated, Any, BinaryIO, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response, status
 from fastapi import Path as FastApiPath
@@ -14,8 +12,15 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from service import studies
-from service.api.deps import DatabaseDep, LaunchersDep, SettingsDep, StorageDep, StudyName
-from service.artifacts import ARTIFACT_ID_PATTERN, digest_header
+from service.api.deps import (
+    DatabaseDep,
+    LaunchersDep,
+    ModelsDep,
+    SettingsDep,
+    StorageDep,
+    StudyName,
+)
+from service.artifacts import ARTIFACT_ID_PATTERN, ModelStore, digest_header
 from service.errors import NotFoundError
 from service.schemas import (
     ArtifactRead,
@@ -66,9 +71,11 @@ async def list_studies(
 
 
 @router.get("/{name}", response_model=StudyRead, responses=_ERRORS)
-async def read_study(name: StudyName, db: DatabaseDep, settings: SettingsDep) -> StudyRead:
+async def read_study(
+    name: StudyName, db: DatabaseDep, settings: SettingsDep, models: ModelsDep
+) -> StudyRead:
     """A study's spec, status, trial counts, best value, workers and bytes on disk."""
-    return await db.run(studies.summary, name, settings.data_dir)
+    return await db.run(studies.summary, name, settings.data_dir, models)
 
 
 @router.get("/{name}/trials", response_model=Page[TrialRead], responses=_ERRORS)
@@ -128,10 +135,11 @@ async def enqueue_trials(
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
 async def delete_study(
-    name: StudyName, db: DatabaseDep, storage: StorageDep, settings: SettingsDep
+    name: StudyName, db: DatabaseDep, storage: StorageDep, settings: SettingsDep, models: ModelsDep
 ) -> Response:
-    """Delete a study that is not running, with its Optuna study, logs and checkpoints."""
-    await db.run(studies.delete_study, name, storage, settings.data_dir)
+    """Delete a study that is not running, with its Optuna study, logs, checkpoints and
+    stored models."""
+    await db.run(studies.delete_study, name, storage, settings.data_dir, models)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -141,10 +149,10 @@ async def delete_study(
     responses=_ERRORS,
 )
 async def read_artifacts(
-    name: StudyName, number: TrialNumber, db: DatabaseDep, settings: SettingsDep
+    name: StudyName, number: TrialNumber, db: DatabaseDep, models: ModelsDep
 ) -> list[ArtifactRead]:
     """The files a trial stored (its trained model), each with whether it is still kept."""
-    return await db.run(studies.read_artifacts, name, number, settings.data_dir)
+    return await db.run(studies.read_artifacts, name, number, models)
 
 
 @router.get(
@@ -157,20 +165,18 @@ async def download_artifact(
     number: TrialNumber,
     artifact_id: ArtifactId,
     db: DatabaseDep,
-    settings: SettingsDep,
+    models: ModelsDep,
 ) -> StreamingResponse:
     """Download a trial's artifact (streamed, with its length and SHA-256 in Repr-Digest)."""
-    artifact, path = await db.run(
-        studies.read_artifact, name, number, artifact_id, settings.data_dir
-    )
-    return await _file_response(number, artifact, path)
+    artifact = await db.run(studies.read_artifact, name, number, artifact_id, models)
+    return await _file_response(number, artifact, models)
 
 
 @router.get("/{name}/best/model", response_class=StreamingResponse, responses={**_ERRORS, **_FILE})
 async def download_best_model(
     name: StudyName,
     db: DatabaseDep,
-    settings: SettingsDep,
+    models: ModelsDep,
     trial: Annotated[
         int | None,
         Query(
@@ -179,20 +185,22 @@ async def download_best_model(
     ] = None,
 ) -> StreamingResponse:
     """Download the best trial's model; ``X-Trial-Number`` says which trial it is."""
-    number, artifact, path = await db.run(studies.read_best_model, name, trial, settings.data_dir)
-    return await _file_response(number, artifact, path)
+    number, artifact = await db.run(studies.read_best_model, name, trial, models)
+    return await _file_response(number, artifact, models)
 
 
-async def _file_response(number: int, artifact: ArtifactRead, path: Path) -> StreamingResponse:
-    """The file, opened before the response starts: retention removing it later leaves
-    this download whole."""
+async def _file_response(
+    number: int, artifact: ArtifactRead, models: ModelStore
+) -> StreamingResponse:
+    """The artifact, opened before the response starts: retention removing it later
+    leaves this download whole."""
     try:
-        file: BinaryIO = await run_in_threadpool(path.open, "rb")
+        file, size = await run_in_threadpool(models.open, artifact.id)
     except FileNotFoundError:
         raise NotFoundError(f"artifact {artifact.id} of trial {number} was deleted") from None
     filename = re.sub(r"[^A-Za-z0-9._-]", "_", artifact.filename) or "artifact"
     headers = {
-        "Content-Length": str(os.fstat(file.fileno()).st_size),
+        "Content-Length": str(size),
         "Content-Disposition": f'attachment; filename="{filename}"',
         "X-Trial-Number": str(number),
     }
@@ -201,7 +209,9 @@ async def _file_response(number: int, artifact: ArtifactRead, path: Path) -> Str
     return StreamingResponse(_chunks(file), media_type=artifact.mimetype, headers=headers)
 
 
-def _chunks(file: BinaryIO) -> Iterator[bytes]:
-    with file:
+def _chunks(file: Any) -> Iterator[bytes]:
+    try:
         while chunk := file.read(_CHUNK):
             yield chunk
+    finally:
+        file.close()
