@@ -1,14 +1,16 @@
-"""Does pruning pay? The digits task under MedianPruner and HyperbandPruner vs NopPruner.
+"""Does pruning pay? A task's searches under several pruners vs NopPruner.
 
 Each pruner runs the same searches: ``--seeds`` seeds x ``--trials`` trials, a
 TPESampler seeded alike, and the objective a service worker runs (the task's
 model and data in a helios ``Trainer`` with ``OptunaPlugin``, one report per
 epoch, the trainer seeded from the parameters). NopPruner is the baseline: it
 trains every trial to the end. Prints, per pruner, the epochs trained (all
-trials, all seeds), their ratio to the baseline's, and the best accuracy (mean
-over seeds of each search's best).
+trials, all seeds), their ratio to the baseline's, and the best value of the
+task's first objective (mean over seeds of each search's best; for digits the
+validation accuracy in percent).
 
-    python bench/pruning.py                 # 3 seeds x 40 trials, 10 epochs each
+    python bench/pruning.py                 # digits, 3 seeds x 40 trials, 10 epochs each
+    python bench/pruning.py --task synthetic --seeds 5
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ from service.worker import trial_seed  # noqa: E402
 
 PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
     "NopPruner (baseline)": optuna.pruners.NopPruner,
-    "MedianPruner": optuna.pruners.MedianPruner,  # the service's default
+    "MedianPruner": optuna.pruners.MedianPruner,
     "MedianPruner (3 startup)": lambda: optuna.pruners.MedianPruner(n_startup_trials=3),
+    "SuccessiveHalvingPruner": optuna.pruners.SuccessiveHalvingPruner,  # the service's default
     "HyperbandPruner": optuna.pruners.HyperbandPruner,
 }
 
@@ -51,14 +54,15 @@ class Search:
     seconds: float
 
 
-def objective(epochs: int) -> Callable[[optuna.Trial], float]:
+def objective(task_name: str, epochs: int) -> Callable[[optuna.Trial], float]:
     from helios import Trainer
     from helios.plugins.optuna import OptunaPlugin
 
-    task = get_task("digits")
+    task = get_task(task_name)
+    metric = task.default_objectives[0]["metric"]
 
     def run(trial: optuna.Trial) -> float:
-        plugin = OptunaPlugin(trial, "accuracy")
+        plugin = OptunaPlugin(trial, metric)
         params = {**task.default_params, **suggest_space(plugin.suggest, task.default_search_space)}
         run = task.build(params, {**task.default_task_args, "epochs": epochs})
         trainer = Trainer(
@@ -68,17 +72,22 @@ def objective(epochs: int) -> Callable[[optuna.Trial], float]:
             plugins=[plugin],
         )
         trainer.fit(run.model, run.datamodule)
-        return float(run.model.metrics["accuracy"])
+        return float(run.model.metrics[metric])
 
     return run
 
 
-def search(pruner: optuna.pruners.BasePruner, seed: int, trials: int, epochs: int) -> Search:
+def search(
+    task_name: str, pruner: optuna.pruners.BasePruner, seed: int, trials: int, epochs: int
+) -> Search:
+    maximize = get_task(task_name).default_objectives[0]["direction"] == "maximize"
     study = optuna.create_study(
-        direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner
+        direction="maximize" if maximize else "minimize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=pruner,
     )
     start = time.perf_counter()
-    study.optimize(objective(epochs), n_trials=trials)
+    study.optimize(objective(task_name, epochs), n_trials=trials)
     seconds = time.perf_counter() - start
     done = study.get_trials(deepcopy=False)
     return Search(
@@ -91,6 +100,7 @@ def search(pruner: optuna.pruners.BasePruner, seed: int, trials: int, epochs: in
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--task", default="digits", choices=["digits", "synthetic"])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=10)
@@ -101,21 +111,24 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(1)  # a tiny MLP: threads cost more than they give
     # Imports and the dataset's first load are paid here, not by the first search.
-    optuna.create_study().optimize(objective(1), n_trials=1)
+    optuna.create_study().optimize(objective(args.task, 1), n_trials=1)
     results: dict[str, list[Search]] = {}
     runs = [(name, seed) for name in PRUNERS for seed in range(args.seeds)]
     for name, seed in tqdm.tqdm(runs, desc="searches", disable=None):
-        results.setdefault(name, []).append(search(PRUNERS[name](), seed, args.trials, args.epochs))
+        found = search(args.task, PRUNERS[name](), seed, args.trials, args.epochs)
+        results.setdefault(name, []).append(found)
     baseline = results["NopPruner (baseline)"]
     base_epochs = sum(s.epochs for s in baseline)
     base_best = statistics.mean(s.best for s in baseline)
+    # Accuracy in percent (points); other metrics as they are.
+    scale = 100.0 if args.task == "digits" else 1.0
     print(
-        f"task=digits seeds={args.seeds} trials/seed={args.trials} epochs/trial={args.epochs} "
-        "sampler=TPESampler(seed)"
+        f"task={args.task} seeds={args.seeds} trials/seed={args.trials} "
+        f"epochs/trial={args.epochs} sampler=TPESampler(seed)"
     )
     header = (
         f"{'pruner':26} {'epochs':>7} {'vs baseline':>11} {'pruned':>7} "
-        f"{'best acc %':>10} {'diff pts':>8} {'seconds':>8}"
+        f"{'best':>10} {'diff':>8} {'seconds':>8}"
     )
     print(header)
     for name, searches in results.items():
@@ -126,8 +139,8 @@ def main(argv: list[str] | None = None) -> None:
             epochs,
             epochs / base_epochs,
             sum(s.pruned for s in searches),
-            100 * best,
-            100 * (best - base_best),
+            scale * best,
+            scale * (best - base_best),
             sum(s.seconds for s in searches),
         ]
         print(

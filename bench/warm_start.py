@@ -42,7 +42,7 @@ def trials_to_reach(
         if own[-1] >= target:
             study.stop()
 
-    study.optimize(objective(epochs), n_trials=budget, callbacks=[stop_at_target])
+    study.optimize(objective("digits", epochs), n_trials=budget, callbacks=[stop_at_target])
     return len(own) if own and own[-1] >= target else None
 
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(1)  # a tiny MLP: threads cost more than they give
     first = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=1000))
-    first.optimize(objective(args.epochs), n_trials=args.first)
+    first.optimize(objective("digits", args.epochs), n_trials=args.first)
     copies = first.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     target = first.best_value
     rows = []
