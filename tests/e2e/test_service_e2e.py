@@ -344,7 +344,7 @@ def test_the_best_trial_is_the_best_feasible_one(service: Service) -> None:
     enqueued = [{"x": 2.0, "y": 3}, {"x": 0.9, "y": 3}, {"x": -3.0, "y": 3}, {"x": 0.1, "y": 3}]
     spec = synthetic(
         "bounded", n_trials=4, epochs=2, enqueue_trials=enqueued,
-        constraints=[{"metric": "cost", "max": 1.0}],
+        constraints=[{"metric": "cost", "max": 1.0}], pruner={"name": "NopPruner"},
     )  # fmt: skip
     with service.client() as client:
         assert client.post("/studies", json=spec).status_code == 201
