@@ -29,9 +29,11 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-# Two test processes (one per core here); the tests of the one Docker engine, and of the
-# one Slurm cluster, each run in a single process (--dist loadgroup). 0: one process.
-PYTEST_WORKERS ?= 2
+# Test processes (pytest-xdist): 0 runs one. With 2 (one per core here) the suite takes
+# about 19 minutes instead of 31, the Docker engine's tests and the Slurm cluster's each
+# in a single process (--dist loadgroup); it stays opt-in until two timing races it
+# exposed in old tests are fixed (README, Tests).
+PYTEST_WORKERS ?= 0
 
 pytest: install
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
