@@ -308,12 +308,11 @@ def enforce_budget(session: Session, data_dir: Path, budget_bytes: int, store: M
 def disk_usage(session: Session, name: str, data_dir: Path, store: ModelStore) -> DiskUsage:
     """The bytes study ``name`` holds on disk: its working checkpoints and its kept models
     (None for models in a bucket)."""
-    local = store.local_sizes() if store.folder is not None else None
     return DiskUsage(
         checkpoints_bytes=tree_bytes(data_dir / "studies" / name / "trials"),
         artifacts_bytes=None
-        if local is None
-        else sum(local.get(i, 0) for i in study_artifact_ids(session, name)),
+        if store.folder is None
+        else sum(store.size(i) or 0 for i in study_artifact_ids(session, name)),
     )
 
 
