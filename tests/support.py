@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from service.client import follow_study
@@ -64,8 +65,8 @@ def wait_until_ended(
         return follow_study(
             lambda: client.get(f"/studies/{name}").json(), interval_s=0.25, timeout_s=timeout_s
         )
-    except TimeoutError as exc:
-        raise AssertionError(f"{exc}\n{explain() if explain else ''}") from None
+    except (TimeoutError, httpx.TimeoutException) as exc:  # the study's, or one request's
+        raise AssertionError(f"{exc!r}\n{explain() if explain else ''}") from None
 
 
 def debian_tool(command: str, package: str) -> str:

@@ -119,11 +119,13 @@ def wait_for_status(
     """Poll the study until it leaves ``running``; its summary (the service's and workers'
     logs in the error when it does not)."""
 
-    def logs() -> str:
-        workers = "\n".join(p.read_text()[-3000:] for p in svc.data_dir.rglob("worker-*.log"))
-        return f"service log:\n{svc.log()[-3000:]}\n{workers}"
+    return wait_until_ended(client, name, timeout_s, explain=lambda: service_logs(svc))
 
-    return wait_until_ended(client, name, timeout_s, explain=logs)
+
+def service_logs(svc: Service) -> str:
+    """The tails of the service's log and of its workers' logs."""
+    workers = "\n".join(p.read_text()[-3000:] for p in svc.data_dir.rglob("worker-*.log"))
+    return f"service log:\n{svc.log()[-3000:]}\n{workers}"
 
 
 def study_summary(client: httpx.Client, name: str) -> dict[str, Any]:

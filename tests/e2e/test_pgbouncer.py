@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 
 from service.db import normalize_url
 from service.models import LIVE_STATES as LIVE
-from tests.e2e.harness import kill_workers, start_service, stop_service
+from tests.e2e.harness import Service, kill_workers, service_logs, start_service, stop_service
 from tests.specs import synthetic
 from tests.support import debian_tool, free_port, wait_for, wait_until_ended
 
@@ -110,6 +110,19 @@ def test_a_study_through_pgbouncer_finishes_on_its_pool_of_server_connections(
                 )
                 peak = max(peak, int(count or 0))
 
+    def explain(svc: Service) -> str:
+        """What each server connection did, and the service's and workers' logs."""
+        with admin.connect() as conn:
+            sessions = conn.execute(
+                text(
+                    "SELECT pid, state, now() - xact_start, wait_event, left(query, 160)"
+                    " FROM pg_stat_activity WHERE datname = :db"
+                ),
+                {"db": server.database},
+            ).all()
+        lines = "\n".join(" | ".join(map(str, row)) for row in sessions)
+        return f"server connections:\n{lines}\n{service_logs(svc)}"
+
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     svc = start_service(pgbouncer, tmp_path / "data", tmp_path / "service.log", {})
@@ -124,7 +137,7 @@ def test_a_study_through_pgbouncer_finishes_on_its_pool_of_server_connections(
         with httpx.Client(base_url=svc.url, timeout=30) as client:
             assert client.post("/studies", json=spec).status_code == 201
 
-            study = wait_until_ended(client, "bounced", 300)
+            study = wait_until_ended(client, "bounced", 300, explain=lambda: explain(svc))
 
             def all_ended() -> list[dict[str, object]] | None:
                 workers: list[dict[str, object]] = client.get("/studies/bounced/workers").json()
