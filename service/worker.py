@@ -73,6 +73,40 @@ class WorkerStopped(BaseException):
     """Raised in the worker's main thread by SIGTERM."""
 
 
+class _Sigterm:
+    """SIGTERM raises WorkerStopped in the main thread at once, except while ``held``: from
+    a trial's reservation until its training starts, and from the end of its training
+    until it is recorded. There it waits for the trial to start training (the trial then
+    fails, for a retry) or to be recorded, so that no trial is left RUNNING."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._held = False
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        self.reason = f"signal {signum}"
+        if not self._held:
+            raise WorkerStopped(self.reason)
+
+    def raise_if_received(self) -> None:
+        if self.reason is not None:
+            raise WorkerStopped(self.reason)
+
+    @contextlib.contextmanager
+    def held(self, held: bool = True) -> Iterator[None]:
+        """SIGTERM waits in the block (``held=False``: it raises in it, at once if one came)."""
+        before, self._held = self._held, held
+        try:
+            if not held:
+                self.raise_if_received()
+            yield
+        finally:
+            self._held = before
+
+
+_sigterm = _Sigterm()
+
+
 class RanksFailed(Exception):
     """A rank of a several-rank worker failed: every rank exits, torchrun with them."""
 
@@ -168,7 +202,10 @@ class _Heartbeat:
             self._trial = None
 
     def close(self) -> None:
+        """Stop beating; wait for a beat in progress (which the interpreter's exit would
+        cut short while it tears down the modules the beat uses)."""
         self._stop.set()
+        self._thread.join(timeout=5)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):
@@ -339,6 +376,11 @@ class _Worker:
         # Under torchrun, the other ranks learn from this one what to train.
         self.ranks = _Ranks(stored)
 
+    def close(self) -> None:
+        """Close its database connections while the interpreter still runs."""
+        self.engine.dispose()
+        self.storage.engine.dispose()
+
     def record_clean_exit(self) -> None:
         """Record exit code 0 in this worker's row, as it is about to exit cleanly."""
         try:
@@ -391,22 +433,30 @@ class _Worker:
                     lambda: self.stale.sweep(self.study, self.storage, self.row_id, self.optuna_id),
                 )
                 stale_checked = time.monotonic()
-            slot = self._db("reserving a trial", lambda: self.reservations.reserve(self.trials_run))
-            if isinstance(slot, Stop):
-                log.info("%s; exiting", slot.reason)
-                self.ranks.send(None)
-                return
-            try:
-                self.ranks.send((slot.number, slot.origin))
-            except Exception:
-                self.recorder.record(slot, Outcome(TrialState.FAIL, stopped=True))
-                raise
-            token = _current_trial.set(slot.number)
-            try:
-                self.run_trial(slot)
-            finally:
-                _current_trial.reset(token)
-                self.trials_run += 1
+            with _sigterm.held():
+                if not self._next_trial():
+                    return
+            _sigterm.raise_if_received()  # it came while the trial was recorded
+
+    def _next_trial(self) -> bool:
+        """Reserve a trial and run it; False when the study has none left for this worker."""
+        slot = self._db("reserving a trial", lambda: self.reservations.reserve(self.trials_run))
+        if isinstance(slot, Stop):
+            log.info("%s; exiting", slot.reason)
+            self.ranks.send(None)
+            return False
+        try:
+            self.ranks.send((slot.number, slot.origin))
+        except Exception:
+            self.recorder.record(slot, Outcome(TrialState.FAIL, stopped=True))
+            raise
+        token = _current_trial.set(slot.number)
+        try:
+            self.run_trial(slot)
+        finally:
+            _current_trial.reset(token)
+            self.trials_run += 1
+        return True
 
     def run_trial(self, slot: Reservation) -> None:
         """Train the trial while its heartbeat runs, then record how it ended, once."""
@@ -432,7 +482,8 @@ class _Worker:
 
     def _outcome(self, slot: Reservation) -> Outcome:
         try:
-            values = self.training.train(slot.trial, slot.origin)
+            with _sigterm.held(False):
+                values = self.training.train(slot.trial, slot.origin)
         except optuna.TrialPruned as exc:
             log.info("trial pruned: %s", exc)
             return Outcome(TrialState.PRUNED)
@@ -469,10 +520,6 @@ def _note_resume(trial: optuna.Trial, trainer: Trainer) -> None:
         trial.set_user_attr("epochs_trained", trainer.state.epochs_completed - start)
 
 
-def _stop(signum: int, frame: FrameType | None) -> None:
-    raise WorkerStopped(f"signal {signum}")
-
-
 def lower_priority(nice: int) -> int:
     """Lower this process's CPU priority by ``nice``; the resulting niceness.
 
@@ -500,7 +547,7 @@ def run_worker(study_name: str, worker_id: int, settings: Settings) -> int:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # Workers keep their trials' heartbeats themselves (ask/tell, not Study.optimize).
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGTERM, _sigterm.handle)
     rank = int(os.environ["RANK"]) if _world_size() > 1 else None
     _configure_logging(worker_id, rank)
     if rank is not None:
@@ -538,9 +585,12 @@ def run_worker(study_name: str, worker_id: int, settings: Settings) -> int:
             _refuse(settings, study_name, exc)
         finally:
             worker.heartbeat.close()
-        if not code:
-            # A service that did not start this process cannot read its exit status: say it.
-            worker.record_clean_exit()
+        try:
+            if not code:
+                # A service that did not start this process cannot read its exit status.
+                worker.record_clean_exit()
+        finally:
+            worker.close()
     except WorkerStopped:
         log.info("stopped by SIGTERM")
     except UnreadableSpecError as exc:
