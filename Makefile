@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,peers]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -29,11 +29,10 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-# Test processes (pytest-xdist): 0 runs one. With 2 (one per core here) the suite takes
-# about 19 minutes instead of 31, the Docker engine's tests and the Slurm cluster's each
-# in a single process (--dist loadgroup); it stays opt-in until two timing races it
-# exposed in old tests are fixed (README, Tests).
-PYTEST_WORKERS ?= 0
+# Test processes (pytest-xdist; 0 runs one). With 2, one per core here, the suite takes
+# about 19 minutes instead of 31; the Docker engine's tests and the Slurm cluster's each
+# stay in a single process (--dist loadgroup).
+PYTEST_WORKERS ?= 2
 
 pytest: install
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup

@@ -37,9 +37,9 @@ from service.worker import trial_seed  # noqa: E402
 
 PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
     "NopPruner (baseline)": optuna.pruners.NopPruner,
-    "MedianPruner": optuna.pruners.MedianPruner,  # the service's default
+    "MedianPruner": optuna.pruners.MedianPruner,
     "MedianPruner (3 startup)": lambda: optuna.pruners.MedianPruner(n_startup_trials=3),
-    "SuccessiveHalvingPruner": optuna.pruners.SuccessiveHalvingPruner,
+    "SuccessiveHalvingPruner": optuna.pruners.SuccessiveHalvingPruner,  # the service's default
     "HyperbandPruner": optuna.pruners.HyperbandPruner,
 }
 

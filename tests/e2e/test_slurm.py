@@ -140,6 +140,7 @@ def test_scancel_node_down_and_restart_retry_and_leave_no_duplicates(
         "n_trials": 3,
         "task_args": {"epochs": 40},
         "enqueue_trials": [DIGITS, DIGITS | {"hidden": 32}],
+        "pruner": {"name": "NopPruner"},  # every trial trains to the end
         "workers": {"count": 1, "launcher": "slurm"},
     }
     chkpts = service.data_dir / "studies" / "slurm-faults" / "trials"

@@ -567,7 +567,7 @@ def test_good_spec_is_created_with_defaults_filled(client: TestClient) -> None:
     study = response.json()
     spec = study["spec"]
     assert spec["sampler"] == {"name": "TPESampler", "args": {}}
-    assert spec["pruner"] == {"name": "MedianPruner", "args": {}}
+    assert spec["pruner"] == {"name": "SuccessiveHalvingPruner", "args": {}}
     assert spec["workers"] == {
         "count": 1,
         "gpus_per_worker": 0,
