@@ -1,0 +1,21 @@
+"""A small run of bench/peers.py (helios-hpo, Ray Tune, raw Optuna) so it cannot rot; no
+timing asserted."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.bench_tests.support import run_bench
+
+
+@pytest.mark.slow
+def test_peers_small_run_prints_a_row_per_system() -> None:
+    lines = run_bench("peers.py", "--concurrency", "2", "--trials", "4", "--epochs", "2")
+    rows = [line.split(" | ") for line in lines if line.startswith("| 2 |")]
+    assert sorted(row[1] for row in rows) == ["helios-hpo", "ray-tune", "raw-optuna"]
+    for row in rows:
+        wall, trials, epochs, best = (row[i].split()[0] for i in (2, 4, 6, 7))
+        assert float(wall) > 0
+        assert int(trials) >= 4  # raw Optuna's processes may finish one more than asked
+        assert int(trials) <= int(epochs) <= 2 * int(trials)
+        assert 0.5 < float(best) <= 1.0
