@@ -57,18 +57,20 @@ def redact_url(url: str | URL) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Pool:
-    """Connections an engine keeps open (``size``) and may open beyond them for a while."""
+    """Connections an engine keeps open (``size``) and may open beyond them for a while,
+    and the ``application_name`` they give PostgreSQL (pg_stat_activity shows it)."""
 
     size: int
     overflow: int
+    name: str = "helios-hpo"
 
 
 # The service's API and supervisor: a few requests' database work at once.
-SERVICE_POOL = Pool(size=2, overflow=4)
+SERVICE_POOL = Pool(size=2, overflow=4, name="helios-hpo service")
 # A worker's two engines (its own and Optuna's storage): one connection each stays open,
 # a second one is opened while another is in use (the study lock, the heartbeat thread).
 # Many workers on one PostgreSQL: 2 open connections per worker, 4 at most.
-WORKER_POOL = Pool(size=1, overflow=1)
+WORKER_POOL = Pool(size=1, overflow=1, name="helios-hpo worker")
 
 
 def _split_options(url: URL) -> tuple[URL, dict[str, Any]]:
@@ -88,11 +90,13 @@ def _split_options(url: URL) -> tuple[URL, dict[str, Any]]:
 def _engine_kwargs(url: URL, pool: Pool) -> dict[str, Any]:
     if url.get_backend_name() == "sqlite":
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}}
+    # A URL's own ?application_name= wins (connect_args would override it).
+    name = {} if "application_name" in url.query else {"application_name": pool.name}
     return {
         "pool_pre_ping": True,
         "pool_size": pool.size,
         "max_overflow": pool.overflow,
-        "connect_args": _split_options(url)[1],
+        "connect_args": {**name, **_split_options(url)[1]},
     }
 
 

@@ -7,9 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import inspect, text
 
-from service.db import make_engine, normalize_url, redact_url
+from service.db import (
+    SERVICE_POOL,
+    WORKER_POOL,
+    Pool,
+    make_engine,
+    normalize_url,
+    optuna_storage,
+    redact_url,
+)
 
 
 def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> None:
@@ -47,3 +56,25 @@ def test_cli_db_upgrade_creates_the_tables(database_url: str) -> None:
         )
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_connections_name_the_service_or_the_worker(postgres_url: str) -> None:
+    # pg_stat_activity tells an operator which connections are whose.
+    def name(url: str, pool: Pool) -> str:
+        engine = make_engine(url, pool)
+        try:
+            with engine.connect() as conn:
+                return str(conn.scalar(text("SELECT current_setting('application_name')")))
+        finally:
+            engine.dispose()
+
+    assert name(postgres_url, SERVICE_POOL) == "helios-hpo service"
+    assert name(postgres_url, WORKER_POOL) == "helios-hpo worker"
+    storage = optuna_storage(postgres_url, pool=WORKER_POOL)
+    with storage.engine.connect() as conn:
+        assert conn.scalar(text("SELECT current_setting('application_name')")) == (
+            "helios-hpo worker"
+        )
+    storage.engine.dispose()
+    assert name(f"{postgres_url}?application_name=etl", WORKER_POOL) == "etl"  # the URL's wins
