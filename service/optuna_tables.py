@@ -41,6 +41,7 @@ from service.models import StudyRow
 from service.schemas import TrialRead
 
 __all__ = [
+    "STOPPED_KEY",
     "any_started",
     "BUDGET_STATES",
     "TRIAL_STATES",
@@ -142,6 +143,8 @@ optuna_study_system_attributes = Table(
 # A trial copied in by a warm start carries this system attribute: it is the study's
 # (the sampler learns from it, it may be the best) but spends none of its budget.
 WARM_START_KEY = "helios_hpo:warm_start"
+# On a trial that failed because its study was stopped: no failure of the trial.
+STOPPED_KEY = "helios_hpo:stopped"
 
 optuna_trial_heartbeats = Table(
     "trial_heartbeats",
@@ -342,11 +345,17 @@ def has_retry(conn: Connection, optuna_id: int, number: int) -> bool:
 
 
 def unretried_failures(session: Session | Connection, optuna_id: int) -> int:
-    """FAIL trials that no retry took over (a retry's ``retry_history`` lists those it did)."""
+    """FAIL trials that no retry took over (a retry's ``retry_history`` lists those it did),
+    those its study's stop ended aside."""
     retried = {number for history in _retry_histories(session, optuna_id) for number in history}
+    stopped = select(optuna_trial_system_attributes.c.trial_id).where(
+        optuna_trial_system_attributes.c.key == STOPPED_KEY
+    )
     failed = session.scalars(
         select(optuna_trials.c.number).where(
-            optuna_trials.c.study_id == optuna_id, optuna_trials.c.state == "FAIL"
+            optuna_trials.c.study_id == optuna_id,
+            optuna_trials.c.state == "FAIL",
+            optuna_trials.c.trial_id.not_in(stopped),
         )
     )
     return sum(1 for number in failed if number not in retried)

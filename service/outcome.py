@@ -78,10 +78,13 @@ class Recorder:
                 "taking the study's lock",
                 lambda: locked.enter_context(study_lock(self._engine, self._row_id)),
             )
-            if not self._tell(reservation, outcome):
+            # Stopped (or failed) on purpose: no retry, and no failure of the trial's own,
+            # or resuming a study stopped amid many trials would fail it at once.
+            stopped = outcome.stopped and self._db("reading the study", self._status) != "running"
+            if stopped:
+                self._db("marking the trial stopped", lambda: self._mark_stopped(reservation))
+            if not self._tell(reservation, outcome) or stopped:
                 return
-            if outcome.stopped and self._db("reading the study", self._status) != "running":
-                return  # stopped (or failed) on purpose: nothing to retry
             self._db("queueing a retry", lambda: self._queue_retry(reservation))
             self._db("checking the failure limit", lambda: self._check_failure_limit(reservation))
 
@@ -102,6 +105,12 @@ class Recorder:
             log.warning("trial was %s before its result could be recorded", told.state.name)
             return False
         return True
+
+    def _mark_stopped(self, reservation: Reservation) -> None:
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # failed as stale
+            self._storage.set_trial_system_attr(
+                reservation.trial_id, optuna_tables.STOPPED_KEY, True
+            )
 
     def _queue_retry(self, reservation: Reservation) -> None:
         with self._engine.connect() as conn:

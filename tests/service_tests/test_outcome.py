@@ -140,3 +140,23 @@ def test_a_trial_failed_as_stale_meanwhile_is_not_retried_again(worker: Worker) 
     )
     worker.recorder.record(slot, Outcome(TrialState.FAIL))
     assert [t.state for t in worker.study.trials] == [TrialState.FAIL, TrialState.WAITING]
+
+
+def test_trials_a_stop_ended_are_no_failures_of_their_own(
+    worker: Worker, client: TestClient
+) -> None:
+    # Counted as failures, they failed a study stopped amid more trials than
+    # max_failed_trials as soon as it was resumed.
+    slots = [worker.reserve() for _ in range(3)]
+    assert client.post("/studies/lossy/stop").status_code == 200
+    for slot in slots:
+        worker.recorder.record(slot, Outcome(TrialState.FAIL, stopped=True))
+    assert [t.state for t in worker.study.trials] == [TrialState.FAIL] * 3  # and no retries
+    with worker.engine.connect() as conn:
+        assert optuna_tables.unretried_failures(conn, worker.optuna_id) == 0
+    # A failure while the study runs still counts until its retry takes over.
+    assert client.post("/studies/lossy/resume").status_code == 200
+    slot = worker.reserve()
+    worker.storage.set_trial_state_values(slot.trial_id, TrialState.FAIL)
+    with worker.engine.connect() as conn:
+        assert optuna_tables.unretried_failures(conn, worker.optuna_id) == 1
