@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -152,6 +156,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--writer-sleep-s", type=float, default=0.1, help="per epoch of a writer's trial"
     )
+    parser.add_argument(
+        "--writer-backends-nice",
+        type=int,
+        default=0,
+        help="PostgreSQL on this host (as root): the niceness given to the server processes "
+        "of the writers' connections during the reads, to measure what their CPU costs",
+    )
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,11 +175,17 @@ def main(argv: list[str] | None = None) -> None:
         with running_service(url, data_dir, env) as service_url:
             summary = time_http(service_url, f"/studies/{NAME}", args.requests)
             page = time_http(service_url, f"/studies/{NAME}/trials?limit=100", args.requests)
-            loaded, written = (
-                under_writers(service_url, args.writers, args.rate, args.seconds)
-                if args.writers
-                else (None, 0)
-            )
+            # The reads under the writers; then, given a niceness, again with the writers'
+            # server processes lowered, side by side.
+            loads = []
+            for nice in [0, args.writer_backends_nice][: 2 if args.writer_backends_nice else 1]:
+                if not args.writers:
+                    break
+                with renicing_workers(url, nice):
+                    loaded, written = under_writers(
+                        service_url, args.writers, args.rate, args.seconds
+                    )
+                loads.append((nice, loaded, written))
     base50, base99 = percentiles(baseline)
     backend = url.split(":", 1)[0]
     print(f"database={backend} trials={args.trials} intermediate values/trial={args.steps}")
@@ -180,10 +197,11 @@ def main(argv: list[str] | None = None) -> None:
     ):
         p50, p99 = percentiles(samples)
         print(f"{label:42} {p50:8.1f} {p99:8.1f} {base50 / p50:19.1f}")
-    if loaded is not None:
+    for nice, loaded, written in loads:
+        backends = f", their server processes at nice {nice}" if nice else ""
         print(
-            f"under {args.writers} writing workers: {args.rate:g} reads/s for {args.seconds:g} s, "
-            f"{loaded.requests} requests, {len(loaded.errors)} errors, "
+            f"under {args.writers} writing workers{backends}: {args.rate:g} reads/s for "
+            f"{args.seconds:g} s, {loaded.requests} requests, {len(loaded.errors)} errors, "
             f"{written} trials written meanwhile"
         )
         for label, path in (("GET /studies/{name}", SUMMARY), ("GET /studies/{name}/trials", PAGE)):
@@ -194,10 +212,43 @@ def main(argv: list[str] | None = None) -> None:
 SUMMARY, PAGE = f"/studies/{NAME}", f"/studies/{NAME}/trials?limit=100"
 
 
+@contextlib.contextmanager
+def renicing_workers(url: str, nice: int) -> Iterator[None]:
+    """While the block runs, every 0.5 s, give the server processes of the workers'
+    connections (application_name ``helios-hpo worker``) niceness ``nice``."""
+    if not nice:
+        yield
+        return
+    engine = sqlalchemy.create_engine(normalize_url(url), isolation_level="AUTOCOMMIT")
+    done = threading.Event()
+    query = sqlalchemy.text(
+        "SELECT pid FROM pg_stat_activity "
+        "WHERE application_name = 'helios-hpo worker' AND datname = current_database()"
+    )
+
+    def renice() -> None:
+        with engine.connect() as conn:
+            while not done.wait(0.5):
+                for (pid,) in conn.execute(query):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.setpriority(os.PRIO_PROCESS, pid, nice)
+
+    thread = threading.Thread(target=renice, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        engine.dispose()
+
+
 def under_writers(url: str, writers: int, rate: float, seconds: float) -> tuple[LoadResult, int]:
     """Reads at ``rate`` while ``writers`` workers add trials; (the reads, trials written)."""
     with httpx.Client(base_url=url, timeout=30) as client:
         before = client.get(SUMMARY).json()
+        if before["status"] != "running":  # stopped by an earlier round
+            client.post(f"{SUMMARY}/resume").raise_for_status()
         room = {"n_trials": before["n_trials"] + 100_000, "workers": {"count": writers}}
         client.patch(SUMMARY, json=room).raise_for_status()
         deadline = time.monotonic() + 300
