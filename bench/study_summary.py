@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
         "of the writers' connections during the reads, to measure what their CPU costs",
     )
     args = parser.parse_args(argv)
+    if args.writer_backends_nice and not (args.database_url or "").startswith("postgres"):
+        parser.error("--writer-backends-nice needs --database-url postgresql://... on this host")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
@@ -247,10 +249,10 @@ def under_writers(url: str, writers: int, rate: float, seconds: float) -> tuple[
     """Reads at ``rate`` while ``writers`` workers add trials; (the reads, trials written)."""
     with httpx.Client(base_url=url, timeout=30) as client:
         before = client.get(SUMMARY).json()
-        if before["status"] != "running":  # stopped by an earlier round
-            client.post(f"{SUMMARY}/resume").raise_for_status()
         room = {"n_trials": before["n_trials"] + 100_000, "workers": {"count": writers}}
-        client.patch(SUMMARY, json=room).raise_for_status()
+        client.patch(SUMMARY, json=room).raise_for_status()  # a finished study continues
+        if before["status"] == "stopped":  # by an earlier round
+            client.post(f"{SUMMARY}/resume").raise_for_status()
         deadline = time.monotonic() + 300
         while True:  # the writers have started once each has finished a trial
             workers = [

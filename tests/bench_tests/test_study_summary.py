@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.bench_tests.support import run_bench
@@ -47,3 +49,37 @@ def test_study_summary_small_run_prints_both_reads_and_the_baseline() -> None:
     }
     for p50, p99 in loaded.values():
         assert 0 < float(p50) <= float(p99)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.skipif(os.geteuid() != 0, reason="renicing PostgreSQL's processes needs root")
+def test_a_second_round_with_the_writers_backends_reniced(postgres_url: str) -> None:
+    lines = run_bench(
+        "study_summary.py",
+        "--database-url",
+        postgres_url,
+        "--trials",
+        "60",
+        "--steps",
+        "3",
+        "--requests",
+        "3",
+        "--baseline-runs",
+        "1",
+        "--writers",
+        "2",
+        "--rate",
+        "10",
+        "--seconds",
+        "3",
+        "--writer-backends-nice",
+        "5",
+        timeout_s=300,
+    )
+    rounds = [line for line in lines if line.startswith("under 2 writing workers")]
+    assert len(rounds) == 2, lines
+    assert "their server processes at nice 5" in rounds[1]
+    for line in rounds:
+        assert ", 0 errors, " in line
+        assert int(line.split(", ")[-1].split()[0]) > 0  # written in each round
