@@ -139,7 +139,18 @@ def optuna_storage(
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
         heartbeat_stale_trial_callback=stale_trial_callback,
+        # Optuna's own check reads the schema's version on a second connection while its
+        # first holds a transaction: workers starting together behind PgBouncer held
+        # every server connection of its pool that way, each waiting for one more.
+        skip_compatibility_check=True,
     )
+    current, head = storage.get_current_version(), storage.get_head_version()
+    if current != head:
+        raise RuntimeError(
+            f"the database's Optuna schema is at {current}, and Optuna {optuna.__version__} "
+            f"needs {head}: run `optuna storage upgrade --storage URL` when the database is "
+            "older, or use the Optuna version that wrote it"
+        )
     if parsed.get_backend_name() == "sqlite":
         event.listen(storage.engine, "connect", _sqlite_pragmas)
     return storage

@@ -158,3 +158,31 @@ def test_a_study_through_pgbouncer_finishes_on_its_pool_of_server_connections(
     assert all(w["state"] == "exited" for w in workers), workers
     # The service and 8 workers would hold ~20 connections directly; PgBouncer opens 4.
     assert 0 < peak <= POOL_SIZE, f"{peak} server connections"
+
+
+def test_opening_optuna_storage_needs_one_server_connection_at_a_time(
+    database_url: str, pgbouncer: str
+) -> None:
+    # Optuna's schema check read on a second connection while its first held a
+    # transaction: workers starting together held every server connection that way,
+    # each waiting for one more, until PgBouncer gave up (CI saw the service hang 30 s).
+    from service.db import Pool, make_engine, optuna_storage
+
+    optuna_storage(database_url).engine.dispose()  # Optuna's tables, made directly
+    engines = [make_engine(pgbouncer, Pool(size=1, overflow=0)) for _ in range(POOL_SIZE - 1)]
+    holders = [engine.connect() for engine in engines]
+    for conn in holders:  # every server connection but one, held in an open transaction
+        conn.execute(text("SELECT 1"))
+    opened: list[object] = []
+    thread = threading.Thread(target=lambda: opened.append(optuna_storage(pgbouncer)), daemon=True)
+    thread.start()
+    thread.join(timeout=20)
+    in_time = bool(opened)
+    for conn, engine in zip(holders, engines, strict=True):
+        conn.rollback()
+        conn.close()
+        engine.dispose()
+    thread.join(timeout=60)
+    if opened:
+        opened[0].engine.dispose()  # type: ignore[attr-defined]
+    assert in_time, "opening the storage waited for a second server connection"

@@ -80,6 +80,7 @@ def test_three_workers_on_two_gpus_queue_and_share_no_secret(
         n_trials=3,
         epochs=20,
         sleep_s=0.3,
+        pruner={"name": "NopPruner"},  # a pruned trial would end before the waiting job ran
         workers={"count": 3, "gpus_per_worker": 1, "launcher": "slurm"},
     )
     workers: list[dict[str, Any]] = []

@@ -78,3 +78,14 @@ def test_postgres_connections_name_the_service_or_the_worker(postgres_url: str) 
         )
     storage.engine.dispose()
     assert name(f"{postgres_url}?application_name=etl", WORKER_POOL) == "etl"  # the URL's wins
+
+
+def test_an_optuna_schema_of_another_version_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    optuna_storage(url).engine.dispose()
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'v3.0.0.a'"))
+    engine.dispose()
+    with pytest.raises(RuntimeError, match="schema is at v3.0.0.a.*optuna storage upgrade"):
+        optuna_storage(url)
