@@ -102,15 +102,11 @@ def fit_digits(
 
 def suggest_digits(trial: optuna.Trial) -> dict[str, Any]:
     """The digits task's search space, suggested on an Optuna trial."""
+    from helios.plugins.optuna import OptunaPlugin
     from service.conditions import suggest_space
     from service.tasks import get_task
 
-    def suggest(kind: str, name: str, **args: Any) -> Any:
-        if kind == "categorical":
-            return trial.suggest_categorical(name, args["choices"])
-        method: Callable[..., Any] = getattr(trial, f"suggest_{kind}")
-        return method(name, **args)
-
+    suggest = OptunaPlugin(trial, "accuracy").suggest  # as a service worker suggests
     return suggest_space(suggest, get_task("digits").default_search_space)
 
 

@@ -179,10 +179,9 @@ def main(argv: list[str] | None = None) -> None:
             page = time_http(service_url, f"/studies/{NAME}/trials?limit=100", args.requests)
             # The reads under the writers; then, given a niceness, again with the writers'
             # server processes lowered, side by side.
+            rounds = [0, args.writer_backends_nice] if args.writer_backends_nice else [0]
             loads = []
-            for nice in [0, args.writer_backends_nice][: 2 if args.writer_backends_nice else 1]:
-                if not args.writers:
-                    break
+            for nice in rounds if args.writers else []:
                 with renicing_workers(url, nice):
                     loaded, written = under_writers(
                         service_url, args.writers, args.rate, args.seconds

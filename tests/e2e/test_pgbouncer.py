@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import optuna
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -173,7 +174,7 @@ def test_opening_optuna_storage_needs_one_server_connection_at_a_time(
     holders = [engine.connect() for engine in engines]
     for conn in holders:  # every server connection but one, held in an open transaction
         conn.execute(text("SELECT 1"))
-    opened: list[object] = []
+    opened: list[optuna.storages.RDBStorage] = []
     thread = threading.Thread(target=lambda: opened.append(optuna_storage(pgbouncer)), daemon=True)
     thread.start()
     thread.join(timeout=20)
@@ -184,5 +185,5 @@ def test_opening_optuna_storage_needs_one_server_connection_at_a_time(
         engine.dispose()
     thread.join(timeout=60)
     if opened:
-        opened[0].engine.dispose()  # type: ignore[attr-defined]
+        opened[0].engine.dispose()
     assert in_time, "opening the storage waited for a second server connection"
