@@ -16,7 +16,9 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -305,15 +307,43 @@ def enforce_budget(session: Session, data_dir: Path, budget_bytes: int, store: M
     return used
 
 
-def disk_usage(session: Session, name: str, data_dir: Path, store: ModelStore) -> DiskUsage:
+# A study's bytes on disk, counted again at most this often while its trials are unchanged.
+DISK_USAGE_MAX_AGE_S = 10.0
+_USAGES_KEPT = 1024
+_usages: dict[tuple[str, str, str], tuple[Hashable, float, DiskUsage]] = {}
+_usages_lock = threading.Lock()
+
+
+def disk_usage(
+    session: Session, name: str, data_dir: Path, store: ModelStore, version: Hashable = None
+) -> DiskUsage:
     """The bytes study ``name`` holds on disk: its working checkpoints and its kept models
-    (None for models in a bucket)."""
-    return DiskUsage(
+    (None for models in a bucket).
+
+    Counting walks the study's checkpoints and looks up each stored model; given a
+    ``version`` of the study's trials (it changes when one starts or ends), a count of
+    the same version made in the last ``DISK_USAGE_MAX_AGE_S`` seconds is reused.
+    """
+    key = (str(data_dir), str(store.folder or store.bucket), name)
+    now = time.monotonic()
+    with _usages_lock:
+        kept = _usages.get(key)
+    if version is not None and kept is not None:
+        kept_version, at, usage = kept
+        if kept_version == version and now - at < DISK_USAGE_MAX_AGE_S:
+            return usage
+    usage = DiskUsage(
         checkpoints_bytes=tree_bytes(data_dir / "studies" / name / "trials"),
         artifacts_bytes=None
         if store.folder is None
         else sum(store.size(i) or 0 for i in study_artifact_ids(session, name)),
     )
+    with _usages_lock:
+        _usages.pop(key, None)
+        _usages[key] = (version, now, usage)
+        while len(_usages) > _USAGES_KEPT:
+            del _usages[next(iter(_usages))]
+    return usage
 
 
 def tree_bytes(root: Path) -> int:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
-from collections import defaultdict
-from collections.abc import Sequence
+import threading
+import weakref
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from optuna.distributions import BaseDistribution, json_to_distribution
@@ -25,6 +27,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    any_,
     bindparam,
     case,
     cast,
@@ -32,9 +35,10 @@ from sqlalchemy import (
     func,
     select,
 )
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import Exists
 
 from service.models import StudyRow
@@ -426,39 +430,68 @@ _TRIAL_COLUMNS = select(
     optuna_trials.c.datetime_start,
     optuna_trials.c.datetime_complete,
 )
-_IDS: BindParameter[list[int]] = bindparam("ids", expanding=True)
-_TRIALS_BY_ID = _TRIAL_COLUMNS.where(optuna_trials.c.trial_id.in_(_IDS)).order_by(
-    optuna_trials.c.number
+
+
+def _in_ids(column: ColumnElement[int], postgresql: bool) -> ColumnElement[bool]:
+    """``column`` among the ids bound as ``ids``: one array parameter on PostgreSQL, so
+    the statement's text is the same for any number of ids and psycopg prepares it (an
+    expanded list of 100 ids is planned anew on every request); a list elsewhere."""
+    if postgresql:
+        return column == any_(bindparam("ids", type_=ARRAY(Integer)))
+    return column.in_(bindparam("ids", expanding=True))
+
+
+def _by_dialect(build: Callable[[bool], Select[Any]]) -> dict[bool, Select[Any]]:
+    """A query in both forms of ``_in_ids``, keyed by "is PostgreSQL"."""
+    return {postgresql: build(postgresql) for postgresql in (False, True)}
+
+
+def _postgresql(conn: Connection) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
+_TRIALS_BY_ID = _by_dialect(
+    lambda pg: _TRIAL_COLUMNS.where(_in_ids(optuna_trials.c.trial_id, pg)).order_by(
+        optuna_trials.c.number
+    )
 )
 _PAGES = {False: _page_query(by_state=False), True: _page_query(by_state=True)}
-_PARAMS = select(
-    optuna_trial_params.c.trial_id,
-    optuna_trial_params.c.param_name,
-    optuna_trial_params.c.param_value,
-    optuna_trial_params.c.distribution_json,
-).where(optuna_trial_params.c.trial_id.in_(_IDS))
-# Values come back finite or NULL (NaN and infinities: JSON has neither), decided in SQL.
-_VALUES = (
-    select(
-        optuna_trial_values.c.trial_id,
-        case((optuna_trial_values.c.value_type == "FINITE", optuna_trial_values.c.value)),
-    )
-    .where(optuna_trial_values.c.trial_id.in_(_IDS))
-    .order_by(optuna_trial_values.c.trial_id, optuna_trial_values.c.objective)
+_PARAMS = _by_dialect(
+    lambda pg: select(
+        optuna_trial_params.c.trial_id,
+        optuna_trial_params.c.param_name,
+        optuna_trial_params.c.param_value,
+        optuna_trial_params.c.distribution_json,
+    ).where(_in_ids(optuna_trial_params.c.trial_id, pg))
 )
-_INTERMEDIATE = (
-    select(
-        optuna_trial_intermediate_values.c.trial_id,
-        optuna_trial_intermediate_values.c.step,
-        case(
-            (
-                optuna_trial_intermediate_values.c.intermediate_value_type == "FINITE",
-                optuna_trial_intermediate_values.c.intermediate_value,
-            )
-        ),
+# Values come back finite or NULL (NaN and infinities: JSON has neither), decided in SQL.
+_VALUES = _by_dialect(
+    lambda pg: (
+        select(
+            optuna_trial_values.c.trial_id,
+            case((optuna_trial_values.c.value_type == "FINITE", optuna_trial_values.c.value)),
+        )
+        .where(_in_ids(optuna_trial_values.c.trial_id, pg))
+        .order_by(optuna_trial_values.c.trial_id, optuna_trial_values.c.objective)
     )
-    .where(optuna_trial_intermediate_values.c.trial_id.in_(_IDS))
-    .order_by(optuna_trial_intermediate_values.c.trial_id, optuna_trial_intermediate_values.c.step)
+)
+_INTERMEDIATE = _by_dialect(
+    lambda pg: (
+        select(
+            optuna_trial_intermediate_values.c.trial_id,
+            optuna_trial_intermediate_values.c.step,
+            case(
+                (
+                    optuna_trial_intermediate_values.c.intermediate_value_type == "FINITE",
+                    optuna_trial_intermediate_values.c.intermediate_value,
+                )
+            ),
+        )
+        .where(_in_ids(optuna_trial_intermediate_values.c.trial_id, pg))
+        .order_by(
+            optuna_trial_intermediate_values.c.trial_id, optuna_trial_intermediate_values.c.step
+        )
+    )
 )
 
 
@@ -476,26 +509,39 @@ def trials_by_id(session: Session, trial_ids: list[int]) -> list[TrialRead]:
     if not trial_ids:
         return []
     conn = session.connection()
-    return _assemble(conn, conn.execute(_TRIALS_BY_ID, {"ids": trial_ids}).all())
+    return _assemble(conn, conn.execute(_TRIALS_BY_ID[_postgresql(conn)], {"ids": trial_ids}).all())
 
 
 def _assemble(conn: Connection, rows: Sequence[Row[Any, Any, Any, Any, Any]]) -> list[TrialRead]:
-    """Trial rows with their params, values and intermediate values: three more queries."""
-    if not rows:
-        return []
+    """Trial rows with their params, values and intermediate values: finished trials
+    read before come from ``_FinishedReads``, the others take three more queries."""
+    kept = _finished_reads(conn.engine)
+    reads = {row.trial_id: read for row in rows if (read := kept.get(row)) is not None}
+    missing = [row for row in rows if row.trial_id not in reads]
+    if missing:
+        reads.update(_read_trials(conn, missing))
+        kept.put([(row, reads[row.trial_id]) for row in missing if row.state in _FINISHED])
+    return [reads[row.trial_id] for row in rows]
+
+
+def _read_trials(
+    conn: Connection, rows: Sequence[Row[Any, Any, Any, Any, Any]]
+) -> dict[int, TrialRead]:
+    """Reads of ``rows`` by trial id, from three queries."""
     ids = {"ids": [row.trial_id for row in rows]}
+    pg = _postgresql(conn)
     params: dict[int, dict[str, Any]] = defaultdict(dict)
-    for tid, name, value, dist_json in conn.execute(_PARAMS, ids).all():
+    for tid, name, value, dist_json in conn.execute(_PARAMS[pg], ids).all():
         params[tid][name] = _distribution(dist_json).to_external_repr(value)
     values: dict[int, list[float | None]] = defaultdict(list)
-    for tid, value in conn.execute(_VALUES, ids).all():
+    for tid, value in conn.execute(_VALUES[pg], ids).all():
         values[tid].append(value)
     intermediate: dict[int, dict[int, float | None]] = defaultdict(dict)
-    for tid, step, value in conn.execute(_INTERMEDIATE, ids).all():  # by step
+    for tid, step, value in conn.execute(_INTERMEDIATE[pg], ids).all():  # by step
         intermediate[tid][step] = value
     # Built from the database's typed columns: nothing to validate.
-    return [
-        TrialRead.model_construct(
+    return {
+        tid: TrialRead.model_construct(
             number=number,
             state=state,
             params=params.get(tid, {}),
@@ -505,7 +551,49 @@ def _assemble(conn: Connection, rows: Sequence[Row[Any, Any, Any, Any, Any]]) ->
             datetime_complete=_utc(complete),
         )
         for tid, number, state, start, complete in rows
-    ]
+    }
+
+
+_FINISHED = frozenset({"COMPLETE", "PRUNED", "FAIL"})
+FINISHED_READS_KEPT = 10_000
+
+
+class _FinishedReads:
+    """The reads of the ``FINISHED_READS_KEPT`` finished trials used last, by trial id.
+
+    Optuna never changes a finished trial, so its read holds for good and a page of
+    them needs no query past the page's own rows. The row's number, state and times
+    must match too: SQLite gives a deleted study's largest trial ids out again.
+    """
+
+    def __init__(self) -> None:
+        self._reads: OrderedDict[int, tuple[tuple[Any, ...], TrialRead]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, row: Row[Any, Any, Any, Any, Any]) -> TrialRead | None:
+        with self._lock:
+            kept = self._reads.get(row.trial_id)
+            if kept is None or kept[0] != tuple(row):
+                return None
+            self._reads.move_to_end(row.trial_id)
+            return kept[1]
+
+    def put(self, reads: list[tuple[Row[Any, Any, Any, Any, Any], TrialRead]]) -> None:
+        with self._lock:
+            for row, read in reads:
+                self._reads[row.trial_id] = (tuple(row), read)
+                self._reads.move_to_end(row.trial_id)
+            while len(self._reads) > FINISHED_READS_KEPT:
+                self._reads.popitem(last=False)
+
+
+_finished_by_engine: weakref.WeakKeyDictionary[Engine, _FinishedReads] = weakref.WeakKeyDictionary()
+_finished_lock = threading.Lock()
+
+
+def _finished_reads(engine: Engine) -> _FinishedReads:
+    with _finished_lock:
+        return _finished_by_engine.setdefault(engine, _FinishedReads())
 
 
 @functools.lru_cache(maxsize=1024)

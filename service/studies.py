@@ -287,7 +287,8 @@ def summary(
     ``data_dir`` and its ``models``' store)."""
     read = read_study(session, get_study(session, name))
     if data_dir is not None and models is not None:
-        read.disk = artifacts.disk_usage(session, name, data_dir, models)
+        version = (read.status, tuple(read.counts.values()))
+        read.disk = artifacts.disk_usage(session, name, data_dir, models, version)
     return read
 
 
