@@ -367,6 +367,16 @@ def summarize(result: Result, concurrency: int, peak_bytes: int) -> Result:
     }
 
 
+def mean(runs: list[Result]) -> Result:
+    """Each column's mean over ``runs`` (of the runs that have it)."""
+    means: Result = {}
+    for key, _, fmt in COLUMNS:
+        values = [r[key] for r in runs if r[key] is not None]
+        average = sum(values) / len(values) if values else None
+        means[key] = round(average) if average is not None and fmt == "{:d}" else average
+    return means
+
+
 COLUMNS = (
     ("wall_s", "wall s", "{:.1f}"),
     ("startup_s", "start-up s", "{:.1f}"),
@@ -401,7 +411,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--trials", type=int, default=60)
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, nargs="+", default=[0], help="each seed is a run of every row"
+    )
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     parser.add_argument(
         "--ray-reuse-actors",
@@ -413,14 +425,22 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["PEERS_RAY_REUSE_ACTORS"] = "1"  # read by the Ray Tune child
     import tqdm
 
-    rows: dict[tuple[int, str], Result] = {}
-    runs = [(c, s) for c in args.concurrency for s in args.systems]
-    for concurrency, system in tqdm.tqdm(runs, desc="runs", unit="run"):
-        rows[concurrency, system] = measure(
-            system, concurrency, args.trials, args.epochs, args.seed
+    results: dict[tuple[int, str], list[Result]] = {}
+    plan = [(seed, c, s) for seed in args.seed for c in args.concurrency for s in args.systems]
+    for seed, concurrency, system in tqdm.tqdm(plan, desc="runs", unit="run"):
+        results.setdefault((concurrency, system), []).append(
+            measure(system, concurrency, args.trials, args.epochs, seed)
         )
-    print(f"{args.trials} trials of up to {args.epochs} epochs each, seed {args.seed}")
-    print(table(rows))
+    seeds = ", ".join(map(str, args.seed))
+    print(f"{args.trials} trials of up to {args.epochs} epochs each, seeds {seeds}")
+    if len(args.seed) > 1:
+        print("means over the seeds; per seed, epochs and best accuracy below")
+    print(table({key: mean(runs) for key, runs in results.items()}))
+    if len(args.seed) > 1:
+        for (concurrency, system), runs in sorted(results.items()):
+            epochs = " ".join(str(r["epochs"]) for r in runs)
+            best = " ".join(f"{r['best']:.4f}" for r in runs)
+            print(f"{concurrency} {system}: epochs {epochs}; best {best}")
 
 
 if __name__ == "__main__":

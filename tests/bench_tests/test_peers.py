@@ -10,7 +10,9 @@ from tests.bench_tests.support import run_bench
 
 @pytest.mark.slow
 def test_peers_small_run_prints_a_row_per_system() -> None:
-    lines = run_bench("peers.py", "--concurrency", "2", "--trials", "4", "--epochs", "2")
+    lines = run_bench(
+        "peers.py", "--concurrency", "2", "--trials", "4", "--epochs", "2", "--seed", "0", "1"
+    )
     rows = [line.split(" | ") for line in lines if line.startswith("| 2 |")]
     assert sorted(row[1] for row in rows) == ["helios-hpo", "raw-optuna", "ray-tune"]
     for row in rows:
@@ -19,3 +21,11 @@ def test_peers_small_run_prints_a_row_per_system() -> None:
         assert int(trials) >= 4  # raw Optuna's processes may finish one more than asked
         assert int(trials) <= int(epochs) <= 2 * int(trials)
         assert 0.5 < float(best) <= 1.0
+    per_seed = [line for line in lines if line.startswith("2 ")]
+    assert sorted(line.split(":")[0] for line in per_seed) == [
+        "2 helios-hpo",
+        "2 raw-optuna",
+        "2 ray-tune",
+    ]
+    for line in per_seed:  # two seeds each
+        assert len(line.split("epochs ")[1].split(";")[0].split()) == 2
