@@ -311,20 +311,26 @@ RUNNERS = {"helios-hpo": run_helios_hpo, "ray-tune": run_ray_tune, "raw-optuna":
 
 
 @contextlib.contextmanager
-def peak_rss(process: psutil.Process) -> Iterator[list[int]]:
-    """The largest sum of resident memory over ``process`` and its descendants, in bytes,
-    sampled every 0.2 s while the block runs (the list's one item)."""
-    peak = [0]
+def peak_rss(process: psutil.Process) -> Iterator[dict[str, Any]]:
+    """The largest sum of resident memory over ``process`` and its descendants, sampled
+    every 0.2 s while the block runs: ``bytes``, and ``by_process`` (what each kind of
+    process held then: count and bytes)."""
+    peak: dict[str, Any] = {"bytes": 0, "by_process": {}}
     done = threading.Event()
 
     def sample() -> None:
         while not done.wait(0.2):
-            total = 0
+            held: dict[str, list[int]] = {}
             with contextlib.suppress(psutil.Error):
                 for proc in [process, *process.children(recursive=True)]:
                     with contextlib.suppress(psutil.Error):
-                        total += proc.memory_info().rss
-            peak[0] = max(peak[0], total)
+                        rss = proc.memory_info().rss
+                        counted = held.setdefault(_kind(proc), [0, 0])
+                        counted[0] += 1
+                        counted[1] += rss
+            total = sum(rss for _, rss in held.values())
+            if total > peak["bytes"]:
+                peak.update(bytes=total, by_process=held)
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
@@ -333,6 +339,23 @@ def peak_rss(process: psutil.Process) -> Iterator[list[int]]:
     finally:
         done.set()
         thread.join()
+
+
+def _kind(proc: psutil.Process) -> str:
+    """What a process of a system's tree is, for the memory breakdown."""
+    cmdline = proc.cmdline()
+    text = " ".join(cmdline)
+    for marker, kind in (
+        ("service.cli serve", "service"),
+        ("service.cli worker", "worker"),
+        ("peers.py _run", "driver"),
+        ("peers.py _optuna", "optuna process"),
+    ):
+        if marker in text:
+            return kind
+    if cmdline and cmdline[0].startswith("ray::"):  # a Ray worker: its task, or IDLE
+        return cmdline[0].split()[0]
+    return proc.name()
 
 
 def measure(system: str, concurrency: int, trials: int, epochs: int, seed: int) -> Result:
@@ -346,7 +369,9 @@ def measure(system: str, concurrency: int, trials: int, epochs: int, seed: int) 
             if child.wait() != 0:
                 raise SystemExit(f"{system} failed (exit code {child.returncode})")
         result = json.loads(out.read_text())
-    return summarize(result, concurrency, peak[0])
+    summary = summarize(result, concurrency, peak["bytes"])
+    summary["peak_by_process"] = peak["by_process"]
+    return summary
 
 
 def summarize(result: Result, concurrency: int, peak_bytes: int) -> Result:
@@ -436,6 +461,11 @@ def main(argv: list[str] | None = None) -> None:
     if len(args.seed) > 1:
         print("means over the seeds; per seed, epochs and best accuracy below")
     print(table({key: mean(runs) for key, runs in results.items()}))
+    print(f"peak memory by process (seed {args.seed[0]}), MB:")
+    for (concurrency, system), runs in sorted(results.items()):
+        held = sorted(runs[0]["peak_by_process"].items(), key=lambda kv: -kv[1][1])
+        parts = [f"{kind} {n} x {rss / n / 2**20:.0f}" for kind, (n, rss) in held]
+        print(f"  {concurrency} {system}: " + ", ".join(parts))
     if len(args.seed) > 1:
         for (concurrency, system), runs in sorted(results.items()):
             epochs = " ".join(str(r["epochs"]) for r in runs)

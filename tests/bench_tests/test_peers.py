@@ -29,3 +29,7 @@ def test_peers_small_run_prints_a_row_per_system() -> None:
     ]
     for line in per_seed:  # two seeds each
         assert len(line.split("epochs ")[1].split(";")[0].split()) == 2
+    held = {line.split(":")[0].strip(): line for line in lines if line.startswith("  2 ")}
+    assert sorted(held) == ["2 helios-hpo", "2 raw-optuna", "2 ray-tune"]
+    assert "worker 2 x " in held["2 helios-hpo"]  # the service's two workers at the peak
+    assert "service 1 x " in held["2 helios-hpo"]

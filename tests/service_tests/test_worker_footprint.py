@@ -67,3 +67,26 @@ def test_a_worker_leading_its_session_lowers_its_scheduling_group() -> None:
     ).stdout
     assert out.strip() == "7"
     assert Path("/proc/self/autogroup").read_text() == ours  # the test's own group is untouched
+
+
+def test_the_digits_task_reads_scikit_learns_digits_without_importing_scikit_learn() -> None:
+    """scikit-learn's loader imports SciPy and the rest: about 170 MB per worker."""
+    code = (
+        "import sys\n"
+        "from service._builtin_tasks import DigitsData\n"
+        "data = DigitsData(batch_size=32)\n"
+        "data.setup()\n"
+        "print(len(data.train_dataset) + len(data.valid_dataset), 'sklearn' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    assert out.split() == ["1797", "False"]
+    from sklearn.datasets import load_digits as sklearns
+
+    from service._builtin_tasks import load_digits
+
+    pixels, labels = load_digits()
+    digits = sklearns()
+    assert (pixels == digits.data).all()
+    assert (labels == digits.target).all()
