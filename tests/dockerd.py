@@ -29,6 +29,7 @@ from tests.support import debian_tool
 
 __all__ = [
     "BASE_IMAGE",
+    "DOCKER_BUILD_TIMEOUT",
     "DOCKER_GROUP",
     "COMPOSE_IMAGES",
     "SERVICE_IMAGE",
@@ -43,6 +44,9 @@ __all__ = [
 REPO = Path(__file__).resolve().parents[1]
 # One engine per run: under pytest-xdist every test of it runs in the same process.
 DOCKER_GROUP = pytest.mark.xdist_group("docker")
+# The group's first test starts the engine and builds the images in its setup: about
+# 5 minutes on a fresh machine (no layer cache), past the 300 s a test gets by default.
+DOCKER_BUILD_TIMEOUT = pytest.mark.timeout(900)
 # On dockerd's PATH: a stand-in for the NVIDIA Container Toolkit's hook, so the engine
 # takes GPU device requests (compose reservations, the launcher's default) as a GPU host's.
 ENGINE_BIN = REPO / "tests" / "engine_bin"

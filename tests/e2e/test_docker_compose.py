@@ -25,11 +25,17 @@ import httpx
 import pytest
 import yaml
 
-from tests.dockerd import DOCKER_GROUP, Dockerd, build_compose_images, engine_tools
+from tests.dockerd import (
+    DOCKER_BUILD_TIMEOUT,
+    DOCKER_GROUP,
+    Dockerd,
+    build_compose_images,
+    engine_tools,
+)
 from tests.e2e.harness import wait_for
 from tests.specs import synthetic
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow, DOCKER_GROUP]
+pytestmark = [pytest.mark.docker, pytest.mark.slow, DOCKER_GROUP, DOCKER_BUILD_TIMEOUT]
 
 REPO = Path(__file__).resolve().parents[2]
 USERS_FILE = REPO / "docker" / "compose.yaml"

@@ -25,6 +25,7 @@ from service.launchers.base import instance_label
 from service.launchers.docker import LABEL
 from service.lifecycle import finished_trials
 from tests.dockerd import (
+    DOCKER_BUILD_TIMEOUT,
     DOCKER_GROUP,
     SERVICE_IMAGE,
     WORKER_IMAGE,
@@ -45,7 +46,7 @@ from tests.e2e.harness import (
 from tests.specs import synthetic
 from tests.support import free_port
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow, DOCKER_GROUP]
+pytestmark = [pytest.mark.docker, pytest.mark.slow, DOCKER_GROUP, DOCKER_BUILD_TIMEOUT]
 
 GPUS = [0, 1, 2]
 

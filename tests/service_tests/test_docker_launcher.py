@@ -21,11 +21,11 @@ from service.launchers.base import LOST, UNREACHABLE, instance_label
 from service.launchers.docker import LABEL, container_spec, docker_launcher
 from service.launchers.gpus import Lease
 from service.settings import DockerHost, DockerSettings, Settings
-from tests.dockerd import DOCKER_GROUP, WORKER_IMAGE, Dockerd
+from tests.dockerd import DOCKER_BUILD_TIMEOUT, DOCKER_GROUP, WORKER_IMAGE, Dockerd
 from tests.specs import synthetic
 from tests.support import wait_for
 
-pytestmark = DOCKER_GROUP
+pytestmark = [DOCKER_GROUP, DOCKER_BUILD_TIMEOUT]
 
 WORKER_ENTRYPOINT = ["helios-hpo", "worker"]  # docker/worker.Dockerfile
 
