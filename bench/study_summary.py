@@ -73,7 +73,7 @@ def add_trials(url: str, name: str, n_trials: int, steps: int, seed: int = 0) ->
 
     The rows are the ones Optuna's ``add_trials`` writes, inserted a chunk at a time:
     Optuna's own path runs about 70 statements per trial (45 ms each on PostgreSQL here,
-    so 8 minutes for 10,000). ``check_trials`` reads them back through Optuna.
+    so 8 minutes for 10,000). A test reads them back through Optuna.
     """
     engine = sqlalchemy.create_engine(normalize_url(url))
     rng = random.Random(seed)  # noqa: S311 (test data)

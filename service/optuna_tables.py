@@ -48,6 +48,7 @@ __all__ = [
     "STOPPED_KEY",
     "any_started",
     "BUDGET_STATES",
+    "FINISHED_STATES",
     "TRIAL_STATES",
     "budget_used",
     "budget_used_query",
@@ -159,6 +160,8 @@ optuna_trial_heartbeats = Table(
 )
 
 TRIAL_STATES = ("RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL")
+# States Optuna never moves a trial out of.
+FINISHED_STATES = frozenset({"COMPLETE", "PRUNED", "FAIL"})
 # Trials that hold a slot of the study's n_trials budget.
 BUDGET_STATES = ("COMPLETE", "PRUNED", "RUNNING")
 
@@ -520,7 +523,7 @@ def _assemble(conn: Connection, rows: Sequence[Row[Any, Any, Any, Any, Any]]) ->
     missing = [row for row in rows if row.trial_id not in reads]
     if missing:
         reads.update(_read_trials(conn, missing))
-        kept.put([(row, reads[row.trial_id]) for row in missing if row.state in _FINISHED])
+        kept.put([(row, reads[row.trial_id]) for row in missing if row.state in FINISHED_STATES])
     return [reads[row.trial_id] for row in rows]
 
 
@@ -554,7 +557,6 @@ def _read_trials(
     }
 
 
-_FINISHED = frozenset({"COMPLETE", "PRUNED", "FAIL"})
 FINISHED_READS_KEPT = 10_000
 
 

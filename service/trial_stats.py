@@ -26,6 +26,7 @@ from sqlalchemy import and_, bindparam, select
 from sqlalchemy.engine import Connection, Engine, Row
 
 from service.optuna_tables import (
+    FINISHED_STATES,
     TRIAL_STATES,
     infeasible_clause,
     optuna_trial_values,
@@ -35,7 +36,6 @@ from service.optuna_tables import (
 __all__ = ["REBUILD_S", "Best", "TrialStats", "trial_stats"]
 
 REBUILD_S = 30.0
-_FINISHED = frozenset({"COMPLETE", "PRUNED", "FAIL"})
 
 _ROWS = select(
     optuna_trials.c.trial_id,
@@ -151,7 +151,7 @@ def _advance(
     for trial_id, number, state, value, broke in [*reread, *rows]:
         if trial_id > last_id:
             last_id, last_number = trial_id, number
-        if state not in _FINISHED:
+        if state not in FINISHED_STATES:
             open_ids.append(trial_id)
             unfinished[state] += 1
             continue

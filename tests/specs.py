@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
-__all__ = ["synthetic"]
+import optuna
+from optuna.trial import TrialState
+
+__all__ = ["ask_synthetic", "end_at_random", "synthetic"]
 
 _TASK_ARGS = ("epochs", "sleep_s", "exit_code", "fail", "state_bytes")
 _WORKERS = ("gpus_per_worker", "launcher", "image")
@@ -32,3 +36,24 @@ def synthetic(
     if worker_fields:
         spec["workers"] = {**spec.get("workers", {}), **worker_fields}
     return spec
+
+
+def ask_synthetic(study: optuna.Study) -> optuna.Trial:
+    """A trial of the synthetic task's space (x, y), asked of Optuna directly."""
+    trial = study.ask()
+    trial.suggest_float("x", -10, 10)
+    trial.suggest_int("y", -10, 10)
+    return trial
+
+
+def end_at_random(
+    study: optuna.Study, trial: optuna.Trial, rng: random.Random, value: float
+) -> None:
+    """Tell ``trial`` COMPLETE with ``value`` (60%), PRUNED (20%) or FAIL (20%)."""
+    end = rng.random()
+    if end < 0.6:
+        study.tell(trial, value)
+    elif end < 0.8:
+        study.tell(trial, state=TrialState.PRUNED)
+    else:
+        study.tell(trial, state=TrialState.FAIL)

@@ -11,14 +11,13 @@ from typing import Any
 import optuna
 import pytest
 from fastapi.testclient import TestClient
-from optuna.trial import TrialState
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from service import artifacts
 from service.db import optuna_storage
 from service.settings import Settings
-from tests.specs import synthetic
+from tests.specs import ask_synthetic, end_at_random, synthetic
 
 
 def _page(client: TestClient, name: str, **params: Any) -> list[dict[str, Any]]:
@@ -63,10 +62,7 @@ def test_pages_follow_trials_that_report_and_end(client: TestClient, settings: S
     for _ in range(50):
         move = rng.random()
         if move < 0.3 or not running:
-            trial = study.ask()
-            trial.suggest_float("x", -10, 10)
-            trial.suggest_int("y", -10, 10)
-            running.append((trial, 0))
+            running.append((ask_synthetic(study), 0))
         elif move < 0.6:
             i = rng.randrange(len(running))
             trial, step = running[i]
@@ -74,13 +70,7 @@ def test_pages_follow_trials_that_report_and_end(client: TestClient, settings: S
             running[i] = (trial, step + 1)
         else:
             trial, _ = running.pop(rng.randrange(len(running)))
-            end = rng.random()
-            if end < 0.6:
-                study.tell(trial, rng.random())
-            elif end < 0.8:
-                study.tell(trial, state=TrialState.PRUNED)
-            else:
-                study.tell(trial, state=TrialState.FAIL)
+            end_at_random(study, trial, rng, rng.random())
         _assert_pages_agree(client, study, "p")
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import event
 from service import trial_stats
 from service.db import make_engine, optuna_storage
 from service.settings import Settings
-from tests.specs import synthetic
+from tests.specs import ask_synthetic, end_at_random, synthetic
 
 STATES = ("RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL")
 
@@ -63,21 +63,13 @@ def test_counts_and_best_follow_every_change(
     for _ in range(60):
         move = rng.random()
         if move < 0.35 or not running:
-            trial = study.ask()
-            trial.suggest_float("x", -10, 10)
-            trial.suggest_int("y", -10, 10)
-            running.append(trial)
+            running.append(ask_synthetic(study))
         elif move < 0.45:
             study.enqueue_trial({"x": 1.0, "y": 2})
         else:
             trial = running.pop(rng.randrange(len(running)))
-            end = rng.random()
-            if end < 0.6:  # values repeat, so ties are decided by the trial number
-                study.tell(trial, float(rng.randint(0, 5)))
-            elif end < 0.8:
-                study.tell(trial, state=TrialState.PRUNED)
-            else:
-                study.tell(trial, state=TrialState.FAIL)
+            # Values repeat, so ties are decided by the trial number.
+            end_at_random(study, trial, rng, float(rng.randint(0, 5)))
         _assert_reads_agree(client, study, "s")
 
 
