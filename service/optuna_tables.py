@@ -68,6 +68,7 @@ __all__ = [
     "trial_counts",
     "trial_page",
     "trials_by_id",
+    "unretried_failed_trials",
     "unretried_failures",
 ]
 
@@ -352,20 +353,38 @@ def has_retry(conn: Connection, optuna_id: int, number: int) -> bool:
 
 
 def unretried_failures(session: Session | Connection, optuna_id: int) -> int:
+    """How many FAIL trials no retry took over, those its study's stop ended aside."""
+    return len(unretried_failed_trials(session, optuna_id))
+
+
+def unretried_failed_trials(
+    session: Session | Connection, optuna_id: int
+) -> list[tuple[int, int, int]]:
     """FAIL trials that no retry took over (a retry's ``retry_history`` lists those it did),
-    those its study's stop ended aside."""
+    those its study's stop ended aside: ``(trial id, number, attempts)``, where attempts
+    counts the trial and the earlier ones it retried."""
     retried = {number for history in _retry_histories(session, optuna_id) for number in history}
-    stopped = select(optuna_trial_system_attributes.c.trial_id).where(
-        optuna_trial_system_attributes.c.key == STOPPED_KEY
+    attrs = optuna_trial_system_attributes
+    stopped = select(attrs.c.trial_id).where(attrs.c.key == STOPPED_KEY)
+    own_history = (
+        select(attrs.c.value_json)
+        .where(attrs.c.trial_id == optuna_trials.c.trial_id, attrs.c.key == "retry_history")
+        .scalar_subquery()
     )
-    failed = session.scalars(
-        select(optuna_trials.c.number).where(
+    rows = session.execute(
+        select(optuna_trials.c.trial_id, optuna_trials.c.number, own_history)
+        .where(
             optuna_trials.c.study_id == optuna_id,
             optuna_trials.c.state == "FAIL",
             optuna_trials.c.trial_id.not_in(stopped),
         )
+        .order_by(optuna_trials.c.trial_id)
     )
-    return sum(1 for number in failed if number not in retried)
+    return [
+        (trial_id, number, 1 + (len(json.loads(history)) if history else 0))
+        for trial_id, number, history in rows
+        if number not in retried
+    ]
 
 
 def infeasible_clause() -> Exists:

@@ -8,6 +8,10 @@ Two kinds, both judged without comparing clocks of different machines:
   heartbeat, which a worker sends under the study's lock as the trial starts. A
   sweeper fails such a trial once it has seen it silent for the grace period by
   its own clock (a trial's ``datetime_start`` is the asking machine's local time).
+
+Failing a trial and queueing its retry are two writes: a sweeper killed, or a
+database error, between them would lose the retry. So each sweep of a running
+study also queues the retry of any failure that has retries left and none queued.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import time
 from collections.abc import Callable
 
 import optuna
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from service import optuna_tables
 from service.db import study_lock
+from service.models import StudyRow, StudyStatus
+from service.schemas import StudySpec
 
 __all__ = ["StaleTrials"]
 
@@ -77,7 +83,31 @@ class StaleTrials:
                 log.warning(
                     "trial id %s sent no heartbeat for %s s; failed it", trial_id, self._grace_s
                 )
-                retry = storage.get_heartbeat_stale_trial_callback()
-                if retry is not None:
-                    retry(study, storage.get_trial(trial_id))
+            self._queue_lost_retries(study, storage, study_row_id, optuna_id)
         return failed
+
+    def _queue_lost_retries(
+        self,
+        study: optuna.Study,
+        storage: optuna.storages.RDBStorage,
+        study_row_id: int,
+        optuna_id: int,
+    ) -> None:
+        """Queue the retry of each failure of a running study that has retries left and
+        none queued (the trials failed above, and any whose retry a crash lost)."""
+        retry = storage.get_heartbeat_stale_trial_callback()
+        if retry is None:
+            return
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(StudyRow.status, StudyRow.spec).where(StudyRow.id == study_row_id)
+            ).one_or_none()
+            if row is None or row.status not in (StudyStatus.RUNNING, StudyStatus.PAUSED):
+                return  # an ended study's failures wait for no retry
+            max_retries = StudySpec.from_stored(row.spec).max_retries
+            lost = optuna_tables.unretried_failed_trials(conn, optuna_id)
+        for trial_id, number, attempts in lost:
+            if attempts > max_retries:
+                continue
+            log.warning("queueing the retry of failed trial %d", number)
+            retry(study, storage.get_trial(trial_id))

@@ -529,6 +529,8 @@ class Supervisor:
         ):
             trial_id = storage.get_trial_id_from_study_id_trial_number(optuna_id, trial.number)
             try:
+                # The stop's failure, not the trial's: no retry, no count toward the limit.
+                storage.set_trial_system_attr(trial_id, optuna_tables.STOPPED_KEY, True)
                 storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # it finished in the meantime

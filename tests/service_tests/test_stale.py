@@ -11,6 +11,7 @@ import optuna
 import pytest
 from fastapi.testclient import TestClient
 
+from service import optuna_tables
 from service.db import make_engine, make_session_factory, optuna_storage
 from service.settings import Settings
 from service.stale import StaleTrials
@@ -96,3 +97,51 @@ def test_a_worker_whose_clock_is_hours_behind_keeps_its_fresh_trial(
     assert sweeper.sweep(study, storage, row_id, optuna_id) == []
     (trial,) = study.trials
     assert trial.state == optuna.trial.TrialState.RUNNING
+
+
+def _failed_without_retry(study: optuna.Study, storage: optuna.storages.RDBStorage) -> int:
+    """A trial failed as stale by a sweeper killed before it queued the retry."""
+    trial = study.ask()
+    trial.suggest_float("x", -10, 10)
+    storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    return trial.number
+
+
+def test_a_retry_lost_between_failing_a_trial_and_queueing_it_is_queued_by_the_next_sweep(
+    orphan: Orphan, settings: Settings
+) -> None:
+    # Failing a stale trial and queueing its retry are two writes; a worker SIGKILLed
+    # between them (its sweep runs between trials) left the failure without a retry.
+    study, storage, row_id, optuna_id = orphan
+    number = _failed_without_retry(study, storage)
+    sweeper = _sweeper(settings, _Clock())
+    sweeper.sweep(study, storage, row_id, optuna_id)
+    sweeper.sweep(study, storage, row_id, optuna_id)  # queued once, not again
+    first, retry = study.trials
+    assert retry.state == optuna.trial.TrialState.WAITING
+    assert retry.system_attrs["retry_history"] == [number]
+    assert retry.params == first.params
+
+
+def test_the_next_sweep_queues_no_retry_past_max_retries_or_for_a_stopped_trial(
+    orphan: Orphan, settings: Settings
+) -> None:
+    study, storage, row_id, optuna_id = orphan
+    stopped = study.ask()
+    storage.set_trial_system_attr(stopped._trial_id, optuna_tables.STOPPED_KEY, True)
+    storage.set_trial_state_values(stopped._trial_id, optuna.trial.TrialState.FAIL)
+    exhausted = study.ask()  # the spec's max_retries (2) retries of trials 0 and 1 failed
+    storage.set_trial_system_attr(exhausted._trial_id, "retry_history", [97, 98])
+    storage.set_trial_state_values(exhausted._trial_id, optuna.trial.TrialState.FAIL)
+    _sweeper(settings, _Clock()).sweep(study, storage, row_id, optuna_id)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
+
+
+def test_a_stopped_study_gets_no_retry_of_a_lost_one(
+    orphan: Orphan, settings: Settings, client: TestClient
+) -> None:
+    study, storage, row_id, optuna_id = orphan
+    _failed_without_retry(study, storage)
+    assert client.post("/studies/orphan/stop").status_code == 200
+    _sweeper(settings, _Clock()).sweep(study, storage, row_id, optuna_id)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]

@@ -20,7 +20,7 @@ from sqlalchemy import event, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import studies
+from service import optuna_tables, studies
 from service.db import make_engine, make_session_factory, optuna_storage, session_scope
 from service.launchers.local import WORKER_COMMAND, LocalLauncher
 from service.models import StudyRow, WorkerRow
@@ -307,3 +307,5 @@ def test_a_stopped_studys_trial_without_a_worker_is_failed(rig: Rig) -> None:
     )
     assert len(study.trials) == 1  # stopped on purpose: no retry
     assert rig.workers("halted") == []
+    # The stop's failure, not the trial's: a resumed study neither retries it nor counts it.
+    assert study.trials[0].system_attrs[optuna_tables.STOPPED_KEY] is True
