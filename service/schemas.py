@@ -280,8 +280,8 @@ class WorkersSpec(_Strict):
     )
     ranks_per_trial: int | Literal["auto"] = Field(
         1,
-        description="processes that train each trial together (distributed data parallel "
-        "under torchrun), 1 to 16; auto: one per GPU",
+        description="processes that train each trial together (distributed data parallel, "
+        "one process per rank), 1 to 16; auto: one per GPU",
     )
 
     @field_validator("ranks_per_trial", mode="before")

@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import optuna
 from optuna.trial import TrialState
@@ -44,6 +44,7 @@ from service.db import (
 )
 from service.models import WorkerRow
 from service.outcome import Outcome, Recorder, fail_study_now
+from service.ranks import run_ranks
 from service.reservation import OptunaStudyGone, Reservation, Reservations, Stop
 from service.schemas import StudySpec, UnreadableSpecError
 from service.settings import Settings
@@ -65,7 +66,7 @@ __all__ = [
 
 log = logging.getLogger("helios_hpo.worker")
 T = TypeVar("T")
-# What torchrun runs on each rank, before --study S --worker-id N.
+# What each rank runs, before --study S --worker-id N.
 WORKER_ARGV = ("-m", "service.cli", "worker")
 _current_trial: contextvars.ContextVar[int | None] = contextvars.ContextVar("trial", default=None)
 
@@ -109,7 +110,7 @@ _sigterm = _Sigterm()
 
 
 class RanksFailed(Exception):
-    """A rank of a several-rank worker failed: every rank exits, torchrun with them."""
+    """A rank of a several-rank worker failed: every rank exits, and the worker with them."""
 
 
 class _Ranks:
@@ -128,7 +129,7 @@ class _Ranks:
 
 
 def _world_size() -> int:
-    """How many ranks this worker runs as (torchrun sets WORLD_SIZE; 1 without it)."""
+    """How many ranks this worker runs as (its parent sets WORLD_SIZE; 1 without it)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
@@ -374,7 +375,7 @@ class _Worker:
         self.heartbeat = _Heartbeat(
             self.storage, settings.heartbeat_interval_s, self._training, self._trained
         )
-        # Under torchrun, the other ranks learn from this one what to train.
+        # On several ranks, the others learn from this one what to train.
         self.ranks = _Ranks(stored)
 
     def close(self) -> None:
@@ -539,9 +540,9 @@ def lower_priority(nice: int) -> int:
 def run_worker(study_name: str, worker_id: int, settings: Settings) -> int:
     """Run trials of ``study_name`` until its budget is spent or it stops; the exit code.
 
-    A study whose trials train on several ranks runs its worker again under torchrun,
-    in this process (its pid stays the launcher's): rank 0 is this function's worker,
-    the other ranks follow it.
+    A study whose trials train on several ranks runs its worker again as that many
+    ranks, children of this process (its pid stays the launcher's): rank 0 is this
+    function's worker, the other ranks follow it.
     """
     lower_priority(settings.worker_nice)
     # Heartbeats and fail_stale_trials are experimental in Optuna; we rely on them knowingly.
@@ -571,7 +572,11 @@ def run_worker(study_name: str, worker_id: int, settings: Settings) -> int:
                 settings.db_retry_s,
             )
             if ranks > 1:
-                _exec_torchrun(study_name, worker_id, ranks)
+                log.info("training each trial on %d ranks", ranks)
+                argv = [sys.executable, *WORKER_ARGV, "--study", study_name]
+                return run_ranks(
+                    [*argv, "--worker-id", str(worker_id)], ranks, settings.worker_stop_timeout_s
+                )
         worker = with_db_retries(
             "starting", lambda: _Worker(study_name, worker_id, settings), settings.db_retry_s
         )
@@ -614,30 +619,6 @@ def _ranks_per_trial(study_name: str, settings: Settings) -> int:
     finally:
         engine.dispose()
     return StudySpec.from_stored(stored).workers.ranks
-
-
-def _exec_torchrun(study_name: str, worker_id: int, ranks: int) -> NoReturn:
-    """Become torchrun running this worker as ``ranks`` ranks on this host: standalone
-    rendezvous (a free port of its own), no restarts of its own (a failed rank ends the
-    worker, and the service restarts it with its back-off)."""
-    argv = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={ranks}",
-        "--max-restarts=0",
-        "--monitor-interval=0.5",
-        *WORKER_ARGV,
-        "--study",
-        study_name,
-        "--worker-id",
-        str(worker_id),
-    ]
-    log.info("training each trial on %d ranks: %s", ranks, " ".join(argv[1:]))
-    logging.shutdown()
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.execv(sys.executable, argv)  # noqa: S606 (our own interpreter, no shell)
 
 
 def _join_ranks(settings: Settings) -> None:
