@@ -176,8 +176,7 @@ class Supervisor:
     def tick(self) -> None:
         """One pass: every study that needs it, each in its own unit of work."""
         if not self._adopted:
-            self._adopt()
-            self._adopted = True
+            self.adopt()
         for row_id, name in self._due():
             try:
                 self._reconcile(row_id)
@@ -195,8 +194,13 @@ class Supervisor:
                 enforce_budget(session, self._data_dir, self._budget, self._models)
 
     # -- after a (re)start -----------------------------------------------------
+    def adopt(self) -> None:
+        """Remove half-created studies; live workers hold their GPUs again. Once: the
+        service calls it before it serves, and the first tick when that failed."""
+        self._adopt()
+        self._adopted = True
+
     def _adopt(self) -> None:
-        """Remove half-created studies; live workers hold their GPUs again, once."""
         with session_scope(self._sessions) as session:
             remove_unfinished(session, self._storage)
         with session_scope(self._sessions) as session:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
@@ -12,13 +13,15 @@ from service.api.errors import COMMON_ERRORS, install_error_handlers
 from service.api.routes import studies, tasks, workers
 from service.api.security import ApiGuard
 from service.artifacts import ModelStore
-from service.db import make_engine, make_session_factory, optuna_storage
+from service.db import DB_ERRORS, make_engine, make_session_factory, optuna_storage
 from service.launchers import Launcher, from_settings
 from service.settings import Settings, get_settings
 from service.studies import retry_failed_trial
 from service.supervisor import Supervisor
 
 __all__ = ["create_app"]
+
+log = logging.getLogger("helios_hpo.api")
 
 
 def create_app(
@@ -68,6 +71,12 @@ def create_app(
                 checkpoint_budget_bytes=settings.checkpoint_budget_bytes,
                 models=app.state.models,
             )
+            try:
+                # Before the API serves: a half-created study must not be seen, nor its name
+                # refused, by the first requests.
+                await to_thread.run_sync(app.state.supervisor.adopt)
+            except DB_ERRORS as exc:  # the database is away: the first tick does it
+                log.warning("cannot recover after the last run yet (%s); retrying", exc)
             app.state.supervisor.start()
         try:
             yield
