@@ -253,8 +253,15 @@ def resolve_spec(spec: StudySpec, task: Task) -> StudySpec:
                     f"task {task.name!r} produces {list(task.metrics)}, not {objective.metric!r}",
                 )
             )
+    constrained: dict[str, int] = {}
     for i, constraint in enumerate(resolved.constraints):
-        if constraint.metric not in task.metrics:
+        if (first := constrained.setdefault(constraint.metric, i)) != i:
+            why = (
+                f"{constraint.metric!r} is bounded by constraints.{first} already; give both "
+                "bounds there (min and max)"
+            )
+            errors.append((f"constraints.{i}.metric", why))
+        elif constraint.metric not in task.metrics:
             errors.append(
                 (
                     f"constraints.{i}.metric",

@@ -156,6 +156,13 @@ BAD = [
         id="constraint-min-above-max",
     ),
     pytest.param(
+        # Both bounds were stored under one name: the looser one counted, silently.
+        synthetic("bound", constraints=[{"metric": "cost", "max": 5}, {"metric": "cost", "max": 1}]),
+        "constraints.1.metric",
+        "'cost' is bounded by constraints.0 already",
+        id="constraint-twice-on-one-metric",
+    ),
+    pytest.param(
         synthetic("bound", constraints=[{"metric": "cost", "max": True}]),
         "constraints.0.max",
         "valid number",
