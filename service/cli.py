@@ -217,14 +217,18 @@ def _load_spec(path: Path) -> dict[str, Any]:
         raise CliError(f"cannot read {path}: {(exc.strerror or str(exc)).lower()}") from None
     except UnicodeDecodeError:
         raise CliError(f"cannot read {path}: it is not UTF-8 text") from None
-    if path.suffix in (".yaml", ".yml"):
-        from service.yaml_spec import YamlSpecError, yaml_to_json
+    from service.yaml_spec import BodyError, YamlSpecError, check_json, yaml_to_json
 
+    if path.suffix in (".yaml", ".yml"):
         try:
             text = yaml_to_json(text)
         except YamlSpecError as exc:
             message = str(exc)
             raise CliError(f"{path}{'' if message.startswith('line ') else ':'} {exc}") from None
+    try:
+        check_json(text.encode())  # what the service refuses, said before sending
+    except BodyError as exc:
+        raise CliError(f"{path}: {exc}") from None
     try:
         spec = json.loads(text)
     except json.JSONDecodeError as exc:

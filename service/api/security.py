@@ -15,9 +15,12 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
-from service.yaml_spec import YamlSpecError, yaml_to_json
+import anyio
+import anyio.to_thread
+
+from service.yaml_spec import BodyError, check_json, yaml_to_json
 
 __all__ = ["READ_METHODS", "ApiGuard", "ScrubFilter", "guard_wsgi", "role_of", "scrub_query"]
 
@@ -25,6 +28,10 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Bodies in YAML are turned into JSON before the app sees them.
 YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml"})
 OPEN_PATHS = frozenset({"/healthz"})
+# Bodies from this size on are decoded in a thread, at most this many at once.
+INLINE_BODY_BYTES = 64 * 1024
+DECODE_THREADS = 2
+T = TypeVar("T")
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -78,6 +85,7 @@ class ApiGuard:
 
     def __init__(self, app: Any, tokens: Mapping[str, str], max_body_bytes: int) -> None:
         self.app, self.tokens, self.max_body_bytes = app, dict(tokens), max_body_bytes
+        self._limiter: anyio.CapacityLimiter | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -115,13 +123,20 @@ class ApiGuard:
         media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
         if body and media_type in YAML_TYPES:
             try:
-                body = yaml_to_json(body.decode("utf-8")).encode()
-            except (YamlSpecError, UnicodeDecodeError) as exc:
+                body = (await self._decode(_yaml_body, body)).encode()
+            except (BodyError, UnicodeDecodeError) as exc:
                 detail = f"the body is not valid YAML: {exc}"
                 await _send_error(send, 400, "invalid_yaml", detail, [], field="body")
                 return
             scope = {**scope, "headers": _as_json(scope["headers"], len(body))}
-        elif body and not _is_json(media_type):
+        elif body and _is_json(media_type):
+            try:
+                await self._decode(check_json, body)
+            except BodyError as exc:
+                detail = f"the body is not valid JSON: {exc}"
+                await _send_error(send, 400, "invalid_json", detail, [], field="body")
+                return
+        elif body:
             sent = f"'{media_type}'" if media_type else "no Content-Type"
             detail = (
                 "send the body as JSON with 'Content-Type: application/json' "
@@ -140,8 +155,21 @@ class ApiGuard:
 
         await self.app(scope, replay, send)
 
+    async def _decode(self, decode: Callable[[bytes], T], body: bytes) -> T:
+        """``decode(body)``; a large body off the event loop, so that no request waits on
+        it (a few at a time: bodies cannot take the threads the routes use)."""
+        if len(body) < INLINE_BODY_BYTES:
+            return decode(body)
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(DECODE_THREADS)
+        return await anyio.to_thread.run_sync(decode, body, limiter=self._limiter)
+
     def _too_large(self) -> str:
         return f"the request body is over {self.max_body_bytes} bytes"
+
+
+def _yaml_body(body: bytes) -> str:
+    return yaml_to_json(body.decode("utf-8"))
 
 
 def _as_json(headers: list[tuple[bytes, bytes]], length: int) -> list[tuple[bytes, bytes]]:

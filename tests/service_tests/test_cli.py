@@ -87,7 +87,19 @@ def test_the_cli_sends_a_token_from_the_option_the_variable_or_the_file(
         ("bad.json", '{"name": "x",\n "task": }', "{path} line 2, column 10: Expecting value"),
         ("list.yaml", "- name: x\n", "{path}: a study spec is a mapping"),
         ("empty.yaml", "", "{path}: a study spec is a mapping (name: ..., task: ...); it is empty"),
-        ("nan.yaml", "name: x\ntask: synthetic\ntimeout_s: .nan\n", "{path}: NaN and infinity"),
+        (
+            "nan.yaml",
+            "name: x\ntask: synthetic\ntimeout_s: .nan\n",
+            "{path} line 3, column 12: NaN and infinity",
+        ),
+        ("twice.json", '{"name": "x", "task": "synthetic", "name": "y"}', "{path}: duplicate key"),
+        ("twice.yaml", "name: x\ntask: synthetic\nname: y\n", "{path} line 3, column 1: duplicate"),
+        # A key of bytes was a traceback (TypeError on writing the JSON).
+        (
+            "bytes-key.yaml",
+            "? !!binary Ym93bA==\n: x\n",
+            "{path} line 1, column 3: tags (!!binary)",
+        ),
     ],
 )
 def test_a_spec_that_cannot_be_read_is_one_line_and_exit_code_2(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
 from service import tasks
+from service.api import security
 from service.db import make_engine, optuna_storage
 from service.models import StudyRow, WorkerRow
 from service.settings import Settings
@@ -157,7 +159,9 @@ BAD = [
     ),
     pytest.param(
         # Both bounds were stored under one name: the looser one counted, silently.
-        synthetic("bound", constraints=[{"metric": "cost", "max": 5}, {"metric": "cost", "max": 1}]),
+        synthetic(
+            "bound", constraints=[{"metric": "cost", "max": 5}, {"metric": "cost", "max": 1}]
+        ),
         "constraints.1.metric",
         "'cost' is bounded by constraints.0 already",
         id="constraint-twice-on-one-metric",
@@ -732,10 +736,39 @@ def test_a_yaml_spec_makes_the_same_study_as_json(client: TestClient, content_ty
         (YAML_SPEC.replace("low: -1.0", "low: .nan"), "body", "NaN and infinity"),
         (YAML_SPEC.replace("task: synthetic", "task: [synthetic"), "body", "line 4, column"),
         ("a: &x [1, 2]\nb: *x\n", "body", "aliases (*name) are not accepted"),
-        ("a: !!python/object:os.system 'true'\n", "body", "could not determine a constructor"),
+        ("a: !!python/object:os.system 'true'\n", "body", "tags (!!python/object:os.system)"),
         ("[" * 5000 + "]" * 5000, "body", "nested too deeply"),
+        # YAML 1.1's surprises: a base-60 number, bytes and sets as Python's repr strings.
+        (YAML_SPEC.replace("n_trials: 3", "n_trials: 1:20"), "n_trials", "valid integer"),
+        (YAML_SPEC + "task_args: {seed: !!binary Ym93bA==}\n", "body", "line 9, column 19: tags"),
+        (YAML_SPEC + "task_args: {s: !!set {a, b}}\n", "body", "tags (!!set)"),
+        # Keys that were dates or bytes: a 500 (TypeError) on writing the JSON.
+        (YAML_SPEC + "2024-01-01: x\n", "2024-01-01", "Extra inputs"),
+        (YAML_SPEC + "? !!binary Ym93bA==\n: x\n", "body", "tags (!!binary)"),
+        (YAML_SPEC + "1: x\n", "body", "keys must be strings, not 1"),
+        # The last of a duplicate key won silently.
+        (YAML_SPEC + "n_trials: 500\n", "body", "line 9, column 1: duplicate key 'n_trials'"),
+        (YAML_SPEC.replace("low: -1.0,", "low: -1.0, low: 0.5,"), "body", "'search_space.x.low'"),
+        (YAML_SPEC + "---\nname: other\n", "body", "one document only"),
     ],
-    ids=["bool-for-int", "equal-choices", "nan", "unclosed", "alias", "python-tag", "deep"],
+    ids=[
+        "bool-for-int",
+        "equal-choices",
+        "nan",
+        "unclosed",
+        "alias",
+        "python-tag",
+        "deep",
+        "base-60",
+        "binary",
+        "set",
+        "date-key",
+        "bytes-key",
+        "int-key",
+        "duplicate",
+        "duplicate-nested",
+        "two-documents",
+    ],  # fmt: skip
 )
 def test_a_bad_yaml_spec_gets_the_error_json_would_and_writes_nothing(
     client: TestClient, settings: Settings, text: str, field: str, reason: str
@@ -747,6 +780,28 @@ def test_a_bad_yaml_spec_gets_the_error_json_would_and_writes_nothing(
     assert response.status_code == (400 if field == "body" else 422), body
     fields = {e["field"]: e["message"] for e in body["errors"]}
     assert reason in fields[field], body
+    _nothing_written(settings)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"name": "a4", "task": "synthetic", "name": "a5"}', "duplicate key 'name'"),
+        (b'{"name": "a4", "task": "synthetic", "task_args": {"x": 1, "x": 2}}', "key 'x'"),
+        (b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+        (b'{"name": "a4", "task_args": ' + b"[" * 65 + b"]" * 65 + b"}", "nested too deeply"),
+    ],
+    ids=["duplicate", "duplicate-nested", "deep", "over-the-limit"],
+)
+def test_a_json_body_with_a_duplicate_key_or_deep_nesting_is_400_invalid_json(
+    client: TestClient, settings: Settings, body: bytes, reason: str
+) -> None:
+    # The last of a duplicate key won silently; 5,000 levels got http_error.
+    response = client.post("/studies", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "invalid_json"
+    assert reason in response.json()["errors"][0]["message"]
+    assert response.json()["errors"][0]["field"] == "body"
     _nothing_written(settings)
 
 
@@ -888,3 +943,39 @@ def test_several_ranks_for_a_task_without_ddp_is_422_and_writes_nothing(
     one_rank = {**synthetic("ranks", workers={"count": 1, "ranks_per_trial": "auto"})}
     response = client.post("/studies", json={**one_rank, "task": no_ddp_task})
     assert response.status_code == 201, response.text  # auto on a CPU: one rank
+
+
+def test_a_large_yaml_body_is_parsed_while_other_requests_are_answered(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 1 MiB YAML spec was parsed on the event loop: every request, /healthz included,
+    # waited about 8 s. The parse is held open here until /healthz has answered.
+    entered, release, returned = threading.Event(), threading.Event(), threading.Event()
+    real = security.yaml_to_json  # type: ignore[attr-defined]
+
+    def held_open(text: str) -> str:
+        entered.set()
+        release.wait(10)
+        returned.set()
+        return real(text)
+
+    monkeypatch.setattr(security, "yaml_to_json", held_open)
+    text = YAML_SPEC + "# a long comment" * 5000 + "\n"  # 80 KiB
+    assert len(text) > 64 * 1024  # over the size parsed inline
+    created: list[int] = []
+    post = threading.Thread(
+        target=lambda: created.append(
+            client.post(
+                "/studies", content=text.encode(), headers={"content-type": "application/yaml"}
+            ).status_code
+        )
+    )
+    post.start()
+    try:
+        assert entered.wait(30), "the YAML body was never parsed"
+        assert client.get("/healthz").status_code == 200
+        assert not returned.is_set()  # answered while the parse was held open
+    finally:
+        release.set()
+        post.join(60)
+    assert created == [201]
