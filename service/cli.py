@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -110,9 +111,18 @@ def _serve(args: argparse.Namespace) -> int:
     # pause every request in flight would wait for).
     gc.collect()
     gc.freeze()
-    config = uvicorn.Config(app, host=host, port=port, log_level="info")  # sets up logging
+    # Requests still open 10 s after SIGTERM are cut; log streams end at once.
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10
+    )  # sets up logging
     logging.getLogger("uvicorn.access").addFilter(ScrubFilter())  # a token in a query string
-    uvicorn.Server(config).run()
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            app.state.stopping.set()
+            super().handle_exit(sig, frame)
+
+    Server(config).run()
     return 0
 
 

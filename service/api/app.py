@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
@@ -92,6 +93,8 @@ def create_app(
         version="0.1.0",
         lifespan=lifespan,
     )
+    # Set when the server is told to exit: log streams end, so that it can.
+    app.state.stopping = threading.Event()
     install_error_handlers(app)
     app.add_middleware(ApiGuard, tokens=settings.tokens(), max_body_bytes=settings.max_body_bytes)
     for router in (studies.router, tasks.router, workers.router):

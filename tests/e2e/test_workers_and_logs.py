@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from tests.e2e.harness import Service, wait_for, wait_for_status
@@ -69,3 +71,26 @@ def test_workers_logs_and_a_followed_stream(service: Service) -> None:
         assert client.get("/workers/9999/logs").status_code == 404
         assert client.get("/studies/nope/workers").status_code == 404
         assert client.get(f"/workers/{worker['id']}/logs?tail=0").status_code == 422
+
+
+def test_sigterm_ends_followed_log_streams_and_the_service_exits(service: Service) -> None:
+    # The service stopped answering on SIGTERM but stayed alive until the last follower
+    # of a worker's log disconnected, which a live worker's follower never does.
+    spec = synthetic("followed", n_trials=1, epochs=200, sleep_s=0.5, workers=1)
+    with service.client() as client:
+        assert client.post("/studies", json=spec).status_code == 201
+        (worker,) = wait_for(
+            lambda: [w for w in client.get("/studies/followed/workers").json() if w["pid"]],
+            30,
+            "a started worker",
+        )
+        with client.stream(
+            "GET", f"/workers/{worker['id']}/logs?follow=true", timeout=60
+        ) as stream:
+            lines = stream.iter_lines()
+            assert next(lines).startswith("data: ")  # following
+            service.process.send_signal(signal.SIGTERM)
+            rest = [line for line in lines if line]
+    assert rest[-2:] == ["event: end", "data: service stopping"]
+    # uvicorn exits by the signal it was sent, once it has shut down.
+    assert service.process.wait(timeout=30) in (0, -signal.SIGTERM)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+import tracemalloc
 from pathlib import Path
 
 import httpx
@@ -14,7 +15,7 @@ from sqlalchemy import delete, select
 
 from service.api import create_app
 from service.db import make_engine, make_session_factory, session_scope
-from service.logs import FileLines, LauncherLines
+from service.logs import CHUNK_BYTES, FileLines, LauncherLines, log_tail
 from service.models import StudyRow, WorkerRow
 from service.settings import Settings
 from tests.specs import synthetic
@@ -139,3 +140,45 @@ def _open_writer(fifo: Path) -> int | None:
         return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
     except OSError:  # no reader yet
         return None
+
+
+def _big_log(path: Path, mib: int) -> None:
+    """``mib`` MiB of trial lines, every tenth of trial 7, then a last line."""
+    block = b"".join(
+        f"2026-12-07 worker=1 trial={7 if i % 10 == 0 else 1} line {i:06d} ".encode()
+        + b"x" * 60
+        + b"\n"
+        for i in range(8192)
+    )
+    with path.open("wb") as f:
+        for _ in range(mib):
+            f.write(block)
+        f.write(b"2026-12-07 worker=1 trial=7 the last line\n")
+
+
+def test_a_followed_or_tailed_log_is_read_in_bounded_memory(tmp_path: Path) -> None:
+    # A follower read the whole file at once: one follower of a 200 MB log took the
+    # service from 214 to 982 MB; a tail with ?trial= kept up to a million lines.
+    path = tmp_path / "worker-1.log"
+    _big_log(path, 64)
+    tracemalloc.start()
+    try:
+        followed = FileLines(path)
+        assert followed.start(3, None, False)[-1] == "2026-12-07 worker=1 trial=7 the last line"
+        assert len(followed.start(3, None, False)) == 3
+        assert followed(False) == []
+        of_seven = FileLines(path).start(2, 7, False)
+        assert log_tail(path, 2, trial=7) == of_seven
+        assert log_tail(path, 1) == of_seven[-1:]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert of_seven[-1].endswith("the last line")
+    assert of_seven[0].startswith("2026-12-07 worker=1 trial=7 line 008190 ")
+    assert peak < 8 * 1024 * 1024, f"{peak / 2**20:.1f} MiB held for a 64 MiB log"
+    with path.open("ab") as log:  # then each call reads a bounded part of what is new
+        log.write(b"y" * (CHUNK_BYTES + 10) + b"\nlast\n")
+    assert [len(line) for line in followed(False)] == [CHUNK_BYTES]
+    assert followed.behind
+    assert followed(False) == ["y" * 10, "last"]
+    assert not followed.behind

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -50,47 +51,55 @@ async def worker_logs(
     path = Path(worker.log_path)
     # A live container's log comes through its launcher; other logs are files.
     launcher = request.app.state.launchers.get(worker.launcher)
-    new_lines: Callable[[bool], list[str]]
+    new_lines: FileLines | LauncherLines
     if launcher is not None and worker.live and worker.ref is not None:
         new_lines = LauncherLines(launcher, worker.ref, path)
     elif follow:
         new_lines = FileLines(path)
     else:  # the file's last lines, without holding all of it
-        lines = await run_in_threadpool(log_tail, path, tail if trial is None else 1_000_000)
-        return LogRead(worker=worker_id, state=worker.state, lines=of_trial(lines, trial)[-tail:])
+        lines = await run_in_threadpool(log_tail, path, tail, trial)
+        return LogRead(worker=worker_id, state=worker.state, lines=lines)
     if not follow:  # a live worker's log so far
-        lines = await run_in_threadpool(new_lines, False)
-        return LogRead(worker=worker_id, state=worker.state, lines=of_trial(lines, trial)[-tail:])
+        lines = await run_in_threadpool(new_lines.start, tail, trial, False)
+        return LogRead(worker=worker_id, state=worker.state, lines=lines)
     return StreamingResponse(
-        _follow(new_lines, worker_id, request.app.state.sessions, trial, tail),
+        _follow(new_lines, worker_id, request.app.state, trial, tail),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache"},
     )
 
 
 async def _follow(
-    new_lines: Callable[[bool], list[str]],
+    new_lines: FileLines | LauncherLines,
     worker_id: int,
-    sessions: sessionmaker[Session],
+    state: Any,
     trial: int | None,
     tail: int,
 ) -> AsyncIterator[str]:
-    """Send the last lines, then each new line, until the worker has ended and all is sent.
+    """Send the last lines, then each new line, until the worker has ended and all is sent,
+    or the service stops (``state.stopping``): then an end event says which.
 
     File reads and database reads run in the API's thread pool, bounded by
-    HELIOS_HPO_API_THREADS like every other request's.
+    HELIOS_HPO_API_THREADS like every other request's; each read holds at most
+    ``CHUNK_BYTES`` of the log.
     """
-    first = True
+    sessions: sessionmaker[Session] = state.sessions
+    stopping: threading.Event = state.stopping
+    ended = await run_in_threadpool(_worker_ended, sessions, worker_id)
+    lines = await run_in_threadpool(new_lines.start, tail, trial, ended)
     while True:
-        ended = await run_in_threadpool(_worker_ended, sessions, worker_id)
-        lines = of_trial(await run_in_threadpool(new_lines, ended), trial)
-        for line in lines[-tail:] if first else lines:
+        for line in lines:
             yield f"data: {line}\n\n"
-        first = False
-        if ended:
+        if ended and not new_lines.behind:
             yield "event: end\ndata: worker ended\n\n"
             return
-        await asyncio.sleep(_POLL_S)
+        if stopping.is_set():
+            yield "event: end\ndata: service stopping\n\n"
+            return
+        if not new_lines.behind:
+            await asyncio.sleep(_POLL_S)
+            ended = await run_in_threadpool(_worker_ended, sessions, worker_id)
+        lines = of_trial(await run_in_threadpool(new_lines, ended), trial)
 
 
 def _worker_ended(sessions: sessionmaker[Session], worker_id: int) -> bool:
