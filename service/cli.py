@@ -281,9 +281,14 @@ def _studies(args: argparse.Namespace) -> int:
 
 
 def _model(args: argparse.Namespace) -> int:
+    from service.client import TargetError
+
     output = args.output or Path(f"{args.name}.pt")
     with _service(args) as client:
-        saved = client.download_model(args.name, output, trial=args.trial)
+        try:
+            saved = client.download_model(args.name, output, trial=args.trial)
+        except TargetError as exc:
+            raise CliError(str(exc)) from None
         task = client.study(args.name)["task"]
     print(
         f"saved the model of trial {saved.trial} of study {args.name!r} to {saved.path} "

@@ -16,6 +16,7 @@ import base64
 import dataclasses
 import hashlib
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -26,7 +27,7 @@ import httpx
 
 from service.settings import DEFAULT_URL
 
-__all__ = ["Client", "Download", "ServiceError", "follow_study"]
+__all__ = ["Client", "Download", "ServiceError", "TargetError", "follow_study"]
 
 Summary = dict[str, Any]
 
@@ -172,7 +173,11 @@ class Client:
     ) -> Download:
         """Save the best trial's model to ``path`` (with several objectives: ``trial``'s,
         of the Pareto front); ``Task.load_model(path)`` loads it back. The file appears
-        whole or not at all, its SHA-256 checked against the service's."""
+        whole or not at all, its SHA-256 checked against the service's.
+
+        Raises:
+            TargetError: ``path`` is no regular file nor a new name in an existing folder.
+        """
         params = {"trial": trial} if trial is not None else {}
         return self._download(f"{_study(name)}/best/model", params, Path(path))
 
@@ -184,6 +189,7 @@ class Client:
         return self._download(where, {}, Path(path))
 
     def _download(self, where: str, params: dict[str, Any], path: Path) -> Download:
+        _check_target(path)
         partial = path.with_name(f".{path.name}.part")
         digest = hashlib.sha256()
         try:
@@ -200,6 +206,9 @@ class Client:
         except httpx.HTTPError as exc:
             partial.unlink(missing_ok=True)
             raise _unreachable(f"{self.url}{where}", exc) from None
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise TargetError(f"cannot write {path}: {exc.strerror or exc}") from None
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
@@ -297,6 +306,39 @@ class Download:
     trial: int
     size_bytes: int
     sha256: str
+
+
+class TargetError(ValueError):
+    """A download's path is no place to write a file: its folder is missing, or it is
+    something else than a regular file (a folder, a FIFO, a device, a link)."""
+
+
+_KINDS = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFLNK: "a symbolic link",
+}
+
+
+def _check_target(path: Path) -> None:
+    """Refuse ``path`` unless it is a regular file or a new name in an existing folder:
+    a download replaces it, whatever it was."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        if not path.parent.is_dir():
+            raise TargetError(f"cannot write {path}: no folder {path.parent}") from None
+        return
+    except OSError as exc:
+        raise TargetError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise TargetError(
+            f"cannot write {path}: it is {kind}; give a new file name or a regular file"
+        )
 
 
 def _sha256_of(repr_digest: str) -> str | None:

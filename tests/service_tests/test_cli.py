@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,3 +125,47 @@ def test_an_unreachable_service_is_one_line_that_says_what_to_check(tmp_path: Pa
         assert line.startswith(f"helios-hpo: cannot reach {url}/studies"), line
         assert "helios-hpo serve" in line
         assert "HELIOS_HPO_URL" in line
+
+
+def _node(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / kind
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":  # the device /dev/null is, made here (root only)
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "link":
+        path.symlink_to(tmp_path / "elsewhere.pt")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "says"),
+    [
+        ("fifo", "it is a FIFO; give a new file name or a regular file"),
+        ("device", "it is a character device"),
+        ("folder", "it is a folder"),
+        ("link", "it is a symbolic link"),
+        ("missing/best.pt", "no folder"),
+    ],
+)
+def test_model_writes_only_a_regular_file_or_a_new_path(
+    tmp_path: Path, kind: str, says: str
+) -> None:
+    # -o PATH replaced whatever node PATH was (a FIFO became a regular file; as root a
+    # device file would be replaced); a missing folder was a traceback.
+    if kind == "device" and os.geteuid() != 0:
+        pytest.skip("making a device file needs root")
+    path = _node(tmp_path, kind) if "/" not in kind else tmp_path / kind
+    before = path.lstat() if os.path.lexists(path) else None
+    result = run_cli("model", "s", "-o", str(path), "--url", f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 2
+    line = _one_line(result.stderr)
+    assert line.startswith(f"helios-hpo: cannot write {path}: "), line
+    assert says in line
+    assert "Traceback" not in result.stderr
+    if before is not None:
+        after = path.lstat()
+        assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+    assert not [p for p in tmp_path.rglob("*.part")]
