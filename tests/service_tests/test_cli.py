@@ -168,4 +168,4 @@ def test_model_writes_only_a_regular_file_or_a_new_path(
     if before is not None:
         after = path.lstat()
         assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
-    assert not [p for p in tmp_path.rglob("*.part")]
+    assert not list(tmp_path.rglob("*.part"))
