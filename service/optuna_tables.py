@@ -137,6 +137,15 @@ optuna_trial_system_attributes = Table(
     Column("value_json", Text),
 )
 
+optuna_trial_user_attributes = Table(
+    "trial_user_attributes",
+    _optuna,
+    Column("trial_user_attribute_id", Integer, primary_key=True),
+    Column("trial_id", Integer),
+    Column("key", String),
+    Column("value_json", Text),
+)
+
 optuna_study_system_attributes = Table(
     "study_system_attributes",
     _optuna,

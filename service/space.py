@@ -282,9 +282,14 @@ def resolve_spec(spec: StudySpec, task: Task) -> StudySpec:
             errors.extend(exc.errors)
     condition_errors = _condition_errors(resolved.search_space or {})
     errors.extend(condition_errors)
-    errors.extend(param_errors(resolved.enqueue_trials, distributions(resolved), "enqueue_trials"))
-    if not condition_errors:
-        errors.extend(_enqueued_activity_errors(resolved))
+    errors.extend(
+        enqueue_errors(
+            resolved,
+            resolved.enqueue_trials,
+            "enqueue_trials",
+            conditions_valid=not condition_errors,
+        )
+    )
     if errors:
         raise SpecError(errors)
     return resolved
@@ -335,16 +340,30 @@ def _range_condition_errors(
     return []
 
 
-def _enqueued_activity_errors(spec: StudySpec) -> list[tuple[str, str]]:
+def enqueue_errors(
+    spec: StudySpec, trials: list[dict[str, Any]], field: str, *, conditions_valid: bool = True
+) -> list[tuple[str, str]]:
+    """What is wrong with parameter sets to run next (a spec's ``enqueue_trials``, or
+    ``POST /studies/{name}/trials``): unknown names, values outside their ranges, and
+    conditional parameters their values do not activate or leave out."""
+    errors = param_errors(trials, distributions(spec), field)
+    if conditions_valid:
+        errors.extend(_activity_errors(spec, trials, field))
+    return errors
+
+
+def _activity_errors(
+    spec: StudySpec, trials: list[dict[str, Any]], prefix: str
+) -> list[tuple[str, str]]:
     """Enqueued trials must give exactly the conditional parameters their values activate."""
     space = {name: p.model_dump() for name, p in (spec.search_space or {}).items()}
     order = suggestion_order(space)
     errors = []
-    for i, trial in enumerate(spec.enqueue_trials):
+    for i, trial in enumerate(trials):
         values: dict[str, Any] = {}
         for name in order:
             when: dict[str, Any] = space[name].get("when") or {}
-            field = f"enqueue_trials.{i}.{name}"
+            field = f"{prefix}.{i}.{name}"
             unknown = [parent for parent in when if parent not in trial]
             if when and unknown:
                 if name in trial:

@@ -8,13 +8,14 @@ import logging
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import optuna
 from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import artifacts, lifecycle, optuna_tables
+from service import artifacts, lifecycle, optuna_tables, optuna_writes
 from service.db import after_commit, session_scope
 from service.errors import ConflictError, NotFoundError, SpecError
 from service.launchers import Launcher, launcher_errors
@@ -32,10 +33,10 @@ from service.schemas import (
     TrialRead,
     WorkerRead,
 )
-from service.space import distributions, param_errors, resolve_spec
+from service.space import enqueue_errors, resolve_spec
 from service.tasks import UnknownTaskError, get_task
 from service.trial_stats import TrialStats, trial_stats
-from service.warm_start import REPORT_KEY, check_warm_start, copy_warm_start
+from service.warm_start import REPORT_KEY, check_warm_start, warm_start_trials
 
 __all__ = [
     "create_study",
@@ -106,19 +107,30 @@ def create_study(
         raise ConflictError(f"a study named {spec.name!r} exists; choose another name") from None
     try:
         directions = [o.direction for o in resolved.objectives or []]
-        study = optuna.create_study(storage=storage, study_name=spec.name, directions=directions)
+        optuna.create_study(storage=storage, study_name=spec.name, directions=directions)
+        # Its warm starts, queued trials and status in one transaction: all or none.
+        optuna_id = storage.get_study_id_from_name(spec.name)
+        trials: list[optuna.trial.FrozenTrial] = []
         if resolved.warm_start is not None:
-            copy_warm_start(storage, study, resolved)
-        for params in resolved.enqueue_trials:
-            study.enqueue_trial(dict(params))
+            trials, report = warm_start_trials(storage, resolved)
+            optuna_writes.set_study_system_attr(session.connection(), optuna_id, REPORT_KEY, report)
+        trials += [_queued(params) for params in resolved.enqueue_trials]
+        optuna_writes.add_trials(session.connection(), optuna_id, trials)
+        row.set_status(StudyStatus.RUNNING, None)
+        session.flush()
     except BaseException as exc:
         _remove_unfinished(session, row, storage)
         if isinstance(exc, optuna.exceptions.DuplicatedStudyError):
             raise ConflictError(_optuna_name_taken(spec.name)) from None
         raise
-    row.set_status(StudyStatus.RUNNING, None)
-    session.flush()
     return read_study(session, row)
+
+
+def _queued(params: dict[str, Any]) -> optuna.trial.FrozenTrial:
+    """A trial to run next with ``params``, as ``Study.enqueue_trial`` makes it."""
+    return optuna.trial.create_trial(
+        state=optuna.trial.TrialState.WAITING, system_attrs={"fixed_params": dict(params)}
+    )
 
 
 def _optuna_name_taken(name: str) -> str:
@@ -390,13 +402,11 @@ def enqueue_trials(
             f"study {name!r} finished, so no queued trial would run; raise n_trials (or "
             "timeout_s) with PATCH first, then queue them"
         )
-    spec = row.study_spec
-    errors = param_errors(request.trials, distributions(spec), "trials")
+    errors = enqueue_errors(row.study_spec, request.trials, "trials")
     if errors:
         raise SpecError(errors)
-    study = optuna.load_study(study_name=name, storage=storage)
-    for params in request.trials:
-        study.enqueue_trial(dict(params))
+    optuna_id, _ = _optuna_ref(session, row)
+    optuna_writes.add_trials(session.connection(), optuna_id, [_queued(p) for p in request.trials])
     return read_study(session, row)
 
 

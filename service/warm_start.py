@@ -13,15 +13,17 @@ from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service import optuna_tables
 from service.conditions import condition_holds, suggestion_order
 from service.errors import SpecError
+from service.models import StudyRow, StudyStatus
 from service.schemas import StudySpec
 from service.space import distributions, outside
 
-__all__ = ["REPORT_KEY", "check_warm_start", "copy_warm_start"]
+__all__ = ["REPORT_KEY", "check_warm_start", "warm_start_trials"]
 
 REPORT_KEY = "helios_hpo:warm_start_report"
 _STATES = {
@@ -39,6 +41,11 @@ def check_warm_start(session: Session, spec: StudySpec) -> None:
     if spec.warm_start is None:
         return
     field, name = "warm_start.from_study", spec.warm_start.from_study
+    status = session.scalar(select(StudyRow.status).where(StudyRow.name == name))
+    if status == StudyStatus.CREATING:  # its trials are not all there yet
+        raise SpecError(
+            [(field, f"study {name!r} is still being created; start from it once it runs")]
+        )
     optuna_id = optuna_tables.optuna_study_id(session, name)
     if optuna_id is None:
         raise SpecError([(field, f"no study named {name!r} to start from")])
@@ -48,11 +55,11 @@ def check_warm_start(session: Session, spec: StudySpec) -> None:
         raise SpecError([(field, f"{name!r} optimizes {theirs}; this study {ours}")])
 
 
-def copy_warm_start(
-    storage: optuna.storages.BaseStorage, study: optuna.Study, spec: StudySpec
-) -> dict[str, Any]:
-    """Copy the fitting trials of the spec's earlier study into ``study``; the report
-    (``{"copied": K, "skipped": {reason: count}}``) is kept with the study."""
+def warm_start_trials(
+    storage: optuna.storages.BaseStorage, spec: StudySpec
+) -> tuple[list[FrozenTrial], dict[str, Any]]:
+    """Copies of the fitting trials of the spec's earlier study, and the report kept with
+    the new study (``{"copied": K, "skipped": {reason: count}}``)."""
     assert spec.warm_start is not None  # noqa: S101 (checked by the caller)
     source = optuna.load_study(study_name=spec.warm_start.from_study, storage=storage)
     trials = source.get_trials(deepcopy=False, states=_STATES[spec.warm_start.trials])
@@ -68,13 +75,9 @@ def copy_warm_start(
         else:
             skipped[why] += 1
     if spec.warm_start.limit is not None:
-        fitting = _best(fitting, study.directions[0])[: spec.warm_start.limit]
-    study.add_trials([_copy(trial, dists, spec.warm_start.from_study) for trial in fitting])
-    report: dict[str, Any] = {"copied": len(fitting), "skipped": dict(skipped)}
-    storage.set_study_system_attr(
-        storage.get_study_id_from_name(study.study_name), REPORT_KEY, report
-    )
-    return report
+        fitting = _best(fitting, source.directions[0])[: spec.warm_start.limit]
+    copies = [_copy(trial, dists, spec.warm_start.from_study) for trial in fitting]
+    return copies, {"copied": len(fitting), "skipped": dict(skipped)}
 
 
 def _misfit(

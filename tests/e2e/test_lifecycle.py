@@ -17,6 +17,7 @@ from sqlalchemy import select
 from service.db import make_engine, optuna_storage
 from service.models import LIVE_STATES as LIVE
 from service.models import StudyRow, WorkerRow
+from service.optuna_writes import add_trials
 from tests.e2e.harness import (
     Service,
     start_service,
@@ -217,21 +218,18 @@ def _reason(svc: Service, name: str) -> str:
 def test_a_service_killed_while_creating_a_study_leaves_nothing_half_made(
     service: Service, tmp_path: Path
 ) -> None:
-    # 10,000 warm starts: creating the study takes long enough to kill the service in it.
-    spec = synthetic(
-        "half",
-        enqueue_trials=[{"x": float(i % 20) - 10.0} for i in range(10_000)],
-    )
+    # A warm start from 20,000 trials: reading them takes long enough to kill the service
+    # between the Optuna study's creation and the commit of its trials.
     storage = optuna_storage(service.database_url)
-    with service.client():
+    with service.client() as client:
+        assert client.post("/studies", json=synthetic("source", n_trials=1)).status_code == 201
+        _add_complete_trials(service.database_url, storage, "source", 20_000)
+        spec = synthetic("half", warm_start={"from_study": "source"})
         sent = threading.Thread(
             target=lambda: _post_ignoring_errors(service.url, spec), daemon=True
         )
         sent.start()
         wait_for(lambda: "half" in optuna.get_all_study_names(storage), 60, "the Optuna study")
-        # Enough of it that removing it takes longer than the next service takes to answer.
-        study_id = storage.get_study_id_from_name("half")
-        wait_for(lambda: storage.get_n_trials(study_id) >= 2000, 120, "2,000 enqueued trials")
         os.killpg(service.process.pid, signal.SIGKILL)
         service.process.wait()
         sent.join(timeout=30)
@@ -240,8 +238,8 @@ def test_a_service_killed_while_creating_a_study_leaves_nothing_half_made(
     second = start_service(service.database_url, service.data_dir, tmp_path / "second.log", {})
     try:
         with second.client() as client:
-            # Recovered before the API answers its first request (its supervisor's first tick
-            # did it, while the API answered already).
+            # Recovered before the API answers its first request (the supervisor's first tick
+            # did it while the API answered already), and all of it: no copied trial stays.
             assert "half" not in optuna.get_all_study_names(optuna_storage(second.database_url))
             assert client.get("/studies/half").status_code == 404
             small = synthetic("half", n_trials=1)
@@ -249,6 +247,27 @@ def test_a_service_killed_while_creating_a_study_leaves_nothing_half_made(
             assert wait_for_status(client, "half", 60, second)["status"] == "finished"
     finally:
         stop_service(second)
+
+
+def _add_complete_trials(
+    database_url: str, storage: optuna.storages.RDBStorage, name: str, n: int
+) -> None:
+    space = {
+        "x": optuna.distributions.FloatDistribution(-10, 10),
+        "y": optuna.distributions.IntDistribution(-10, 10),
+    }
+    trials = [
+        optuna.trial.create_trial(
+            params={"x": i % 20 - 10.0, "y": i % 21 - 10}, distributions=space, value=i
+        )
+        for i in range(n)
+    ]
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            add_trials(conn, storage.get_study_id_from_name(name), trials)
+    finally:
+        engine.dispose()
 
 
 def _post_ignoring_errors(url: str, spec: dict[str, Any]) -> None:

@@ -632,6 +632,20 @@ def test_a_warm_start_from_no_study_or_other_directions_is_422_and_writes_nothin
         }
     ]
     assert optuna.get_all_study_names(storage) == ["upward"]  # nothing else written
+    # A study still being created (its trials not all there yet) was a source too.
+    assert client.post("/studies", json=synthetic("young")).status_code == 201
+    engine = make_engine(settings.database_url)
+    with engine.begin() as conn:
+        conn.execute(update(StudyRow).where(StudyRow.name == "young").values(status="creating"))
+    engine.dispose()
+    response = client.post("/studies", json={**spec, "warm_start": {"from_study": "young"}})
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"] == [
+        {
+            "field": "warm_start.from_study",
+            "message": "study 'young' is still being created; start from it once it runs",
+        }
+    ]
 
 
 def test_full_example_spec_is_accepted_and_warm_starts_enqueued(client: TestClient) -> None:
@@ -979,3 +993,44 @@ def test_a_large_yaml_body_is_parsed_while_other_requests_are_answered(
         release.set()
         post.join(60)
     assert created == [201]
+
+
+@pytest.mark.parametrize(
+    ("trial", "field", "reason"),
+    [
+        ({"kind": "bowl", "y": 0, "x": 1.0}, "trials.0.x", "not searched when kind in"),
+        ({"kind": "shifted", "y": 0}, "trials.0.x", "searched when kind in ['shifted']: give"),
+        ({"kind": "bowl", "y": 2}, "trials.0.z", "searched when y in {'min': 1}: give it"),
+    ],
+    ids=["inactive-given", "active-missing", "active-missing-by-range"],
+)
+def test_queueing_trials_checks_their_conditions_as_a_specs_enqueue_trials_does(
+    client: TestClient, trial: dict[str, Any], field: str, reason: str
+) -> None:
+    # POST /studies/{name}/trials checked only names and ranges: a parameter its condition
+    # leaves inactive was dropped silently.
+    assert client.post("/studies", json=_conditional()).status_code == 201
+    response = client.post("/studies/cond/trials", json={"trials": [{"y": 0}, trial]})
+    assert response.status_code == 422, response.text
+    errors = {e["field"]: e["message"] for e in response.json()["errors"]}
+    field = field.replace("trials.0", "trials.1")
+    assert reason in errors[field], errors
+    assert client.get("/studies/cond").json()["counts"]["WAITING"] == 0  # nothing queued
+    in_spec = client.post("/studies", json=_conditional([trial]) | {"name": "cond2"})
+    assert in_spec.status_code == 422
+    assert {e["field"] for e in in_spec.json()["errors"]} == {
+        field.replace("trials.1", "enqueue_trials.0")
+    }
+    good = {"kind": "shifted", "y": 2, "x": 1.0, "z": 0.5}
+    assert client.post("/studies/cond/trials", json={"trials": [good]}).status_code == 201
+
+
+def test_queueing_trials_after_another_tool_deleted_the_optuna_study_is_404(
+    client: TestClient, settings: Settings
+) -> None:
+    # A KeyError (500); PATCH and GET said 404.
+    assert client.post("/studies", json=synthetic("yanked")).status_code == 201
+    optuna.delete_study(study_name="yanked", storage=optuna_storage(settings.database_url))
+    response = client.post("/studies/yanked/trials", json={"trials": [{"x": 1.0, "y": 0}]})
+    assert response.status_code == 404, response.text
+    assert "deleted outside the service" in response.json()["detail"]
