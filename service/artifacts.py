@@ -26,7 +26,8 @@ from sqlalchemy import select
 
 from service import optuna_tables as ot
 from service.errors import InvalidRequestError, NotFoundError
-from service.schemas import ArtifactRead, ArtifactsSpec, DiskUsage
+from service.models import StudyRow
+from service.schemas import ArtifactRead, ArtifactsSpec, DiskUsage, StudySpec
 
 if TYPE_CHECKING:
     import optuna
@@ -56,6 +57,8 @@ MODEL_FORMAT = "helios-hpo-model/1"
 ARTIFACT_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 _OPTUNA_KEY = "artifacts:"  # Optuna's system attribute of each artifact
 _SHA256_KEY = "helios_hpo:sha256:"  # ours, beside it
+# A copy of a copy of ... is followed this far to the model its original stored.
+MAX_COPY_HOPS = 8
 _CHUNK = 1 << 20
 
 
@@ -393,6 +396,18 @@ def trial_artifact(
         NotFoundError: with why: no such trial, it did not complete, the study keeps no
             models, no such artifact, or retention deleted it (404).
     """
+    return _trial_artifact(session, optuna_id, number, artifact_id, keep, store, hops=0)
+
+
+def _trial_artifact(
+    session: Session,
+    optuna_id: int,
+    number: int,
+    artifact_id: str | None,
+    keep: ArtifactsSpec,
+    store: ModelStore,
+    hops: int,
+) -> ArtifactRead:
     trial_id, state = _trial(session, optuna_id, number)
     if state != "COMPLETE":
         detail = f"trial {number} is {state}; only COMPLETE trials store their model"
@@ -400,6 +415,8 @@ def trial_artifact(
             detail = f"trial {number} is {state}; its model is stored when it completes"
         raise NotFoundError(detail)
     found = _artifacts(session, trial_id, keep, store)
+    if not found and hops < MAX_COPY_HOPS and (origin := _copied_from(session, trial_id)):
+        return _original_artifact(session, number, origin, artifact_id, store, hops + 1)
     if not found:
         if keep.keep == "none":
             raise NotFoundError(f"the study keeps no models (artifacts.keep: none); trial {number}")
@@ -413,6 +430,43 @@ def trial_artifact(
     if not wanted.available:
         raise NotFoundError(f"artifact {wanted.id} of trial {number} {wanted.reason}")
     return wanted
+
+
+def _copied_from(session: Session, trial_id: int) -> tuple[str, int] | None:
+    """The study and trial number a warm-start copy was copied from (None: no copy)."""
+    attrs = ot.optuna_trial_system_attributes
+    value = session.scalar(
+        select(attrs.c.value_json).where(
+            attrs.c.trial_id == trial_id, attrs.c.key == ot.WARM_START_KEY
+        )
+    )
+    if value is None:
+        return None
+    origin = json.loads(value)
+    return str(origin["study"]), int(origin["trial"])
+
+
+def _original_artifact(
+    session: Session,
+    number: int,
+    origin: tuple[str, int],
+    artifact_id: str | None,
+    store: ModelStore,
+    hops: int,
+) -> ArtifactRead:
+    """A warm-start copy's model: the one the trial it was copied from stored."""
+    study, original = origin
+    copy = f"trial {number} is a warm-start copy of trial {original} of study {study!r}"
+    optuna_id = ot.optuna_study_id(session, study)
+    if optuna_id is None:
+        raise NotFoundError(f"{copy}, which was deleted with its models")
+    stored = session.scalar(select(StudyRow.spec).where(StudyRow.name == study))
+    keep = StudySpec.from_stored(stored).artifacts if stored is not None else ArtifactsSpec()
+    try:
+        found = _trial_artifact(session, optuna_id, original, artifact_id, keep, store, hops)
+    except NotFoundError as exc:
+        raise NotFoundError(f"{copy}: {exc.detail}") from None
+    return found.model_copy(update={"stored_by": f"{study}/{original}"})
 
 
 def best_model(

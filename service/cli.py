@@ -290,8 +290,12 @@ def _model(args: argparse.Namespace) -> int:
         except TargetError as exc:
             raise CliError(str(exc)) from None
         task = client.study(args.name)["task"]
+    copy = ""
+    if saved.stored_by:
+        study, _, trial = saved.stored_by.rpartition("/")
+        copy = f" (a warm-start copy: trial {trial} of study {study!r} stored it)"
     print(
-        f"saved the model of trial {saved.trial} of study {args.name!r} to {saved.path} "
+        f"saved the model of trial {saved.trial} of study {args.name!r}{copy} to {saved.path} "
         f"({saved.size_bytes} bytes, sha256 {saved.sha256[:12]}); load it in Python with "
         f"service.tasks.get_task({task!r}).load_model({str(saved.path)!r})"
     )

@@ -209,6 +209,7 @@ class Client:
                         file.write(chunk)
                 expected = _sha256_of(response.headers.get("repr-digest", ""))
                 trial = int(response.headers.get("x-trial-number", "-1"))
+                stored_by = response.headers.get("x-stored-by")
         except httpx.HTTPError as exc:
             partial.unlink(missing_ok=True)
             raise _unreachable(f"{self.url}{where}", exc) from None
@@ -226,7 +227,7 @@ class Client:
                 f"{self.url}{where}: the file's SHA-256 is not the service's; download it again",
             )
         os.replace(partial, path)
-        return Download(path, trial, path.stat().st_size, digest.hexdigest())
+        return Download(path, trial, path.stat().st_size, digest.hexdigest(), stored_by)
 
     # Workers and tasks
 
@@ -312,6 +313,7 @@ class Download:
     trial: int
     size_bytes: int
     sha256: str
+    stored_by: str | None = None  # a warm-start copy's model: "STUDY/TRIAL" that stored it
 
 
 class TargetError(ValueError):

@@ -509,6 +509,11 @@ class ArtifactRead(BaseModel):
     sha256: str | None
     available: bool
     reason: str | None = Field(None, description="why it is not available")
+    stored_by: str | None = Field(
+        None,
+        description="a warm-start copy's model: 'STUDY/TRIAL', the trial it was copied from, "
+        "which stored it",
+    )
 
 
 class TaskRead(BaseModel):

@@ -22,7 +22,7 @@ from service.db import make_engine, make_session_factory, optuna_storage, sessio
 from service.schemas import ArtifactsSpec
 from service.settings import Settings
 from tests.specs import synthetic
-from tests.support import serving, wait_for
+from tests.support import run_cli, serving, wait_for
 
 # Loss (x - 2)^2 + 0.5 (y - 3)^2 + 1/(1 + cycle): trial 0 best, then 5, 1, 2, 4;
 # trial 3 (x = -5) is pruned at its first report.
@@ -313,3 +313,40 @@ def test_an_artifact_id_another_tool_wrote_never_names_a_file_outside_the_store(
         client.delete("hostile")
     assert victim.read_text() == "keep me"
     assert _stored_files(settings) == []  # the study's own models went with it
+
+
+def test_a_warm_started_study_whose_best_is_a_copy_serves_the_model_its_original_stored(
+    service: tuple[Client, Settings], tmp_path: Path
+) -> None:
+    # /best/model was a 404 "stored no model" although the copied trial's model is kept
+    # by the study it was copied from.
+    client, settings = service
+    _finished(client, _ranked_study("source"))
+    copy = synthetic(
+        "warmed",
+        n_trials=1,
+        workers=1,
+        epochs=2,
+        warm_start={"from_study": "source"},
+        enqueue_trials=[{"x": -4.0, "y": -3}],  # its own trial is far worse than the copies
+    )
+    study = _finished(client, copy)
+    assert study["best_trial"] != 5 and study["best_value"] < 2  # a copy of source's trial 0
+    served = client.download_model("warmed", tmp_path / "best.pt")
+    original = client.download_model("source", tmp_path / "original.pt")
+    assert (served.trial, served.stored_by) == (study["best_trial"], "source/0")
+    assert served.sha256 == original.sha256
+    assert (tmp_path / "best.pt").read_bytes() == (tmp_path / "original.pt").read_bytes()
+    assert original.stored_by is None
+    result = run_cli("model", "warmed", "-o", str(tmp_path / "cli.pt"), "--url", client.url)
+    assert result.returncode == 0, result.stderr
+    assert "(a warm-start copy: trial 0 of study 'source' stored it)" in result.stdout
+
+    client.delete("source")  # with its models: the copy says where its model went
+    with pytest.raises(ServiceError) as gone:
+        client.download_model("warmed", tmp_path / "again.pt")
+    assert gone.value.status == 404
+    assert gone.value.detail == (
+        f"trial {study['best_trial']} is a warm-start copy of trial 0 of study 'source', "
+        "which was deleted with its models"
+    )

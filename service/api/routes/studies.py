@@ -206,6 +206,8 @@ async def _file_response(
     }
     if artifact.sha256:
         headers["Repr-Digest"] = digest_header(artifact.sha256)
+    if artifact.stored_by:  # a warm-start copy: its original stored the model
+        headers["X-Stored-By"] = artifact.stored_by
     return StreamingResponse(_chunks(file), media_type=artifact.mimetype, headers=headers)
 
 
