@@ -331,7 +331,7 @@ def test_a_warm_started_study_whose_best_is_a_copy_serves_the_model_its_original
         enqueue_trials=[{"x": -4.0, "y": -3}],  # its own trial is far worse than the copies
     )
     study = _finished(client, copy)
-    assert study["best_trial"] != 5 and study["best_value"] < 2  # a copy of source's trial 0
+    assert study["best_value"] < 2  # a copy of source's trial 0, not its own trial
     served = client.download_model("warmed", tmp_path / "best.pt")
     original = client.download_model("source", tmp_path / "original.pt")
     assert (served.trial, served.stored_by) == (study["best_trial"], "source/0")
