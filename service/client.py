@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import logging
 import os
 import stat
 import time
@@ -31,6 +32,8 @@ __all__ = ["Client", "Download", "ServiceError", "TargetError", "follow_study"]
 
 Summary = dict[str, Any]
 CREATE_TIMEOUT_S = 600.0  # creating a study copies its warm starts before it answers
+AWAY_S = 120.0  # how long wait() asks again a service that does not answer
+log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
@@ -140,17 +143,21 @@ class Client:
         progress: bool = False,
         timeout_s: float | None = None,
         interval_s: float = 1.0,
+        away_s: float = AWAY_S,
     ) -> Summary:
         """Poll a study until it is no longer running; its last summary. ``progress``
         shows a bar of finished trials (with the best value and failures) on stderr.
 
+        A service that is away (restarting, its database away: no answer, or 502-504)
+        is asked again with back-off for up to ``away_s`` seconds in a row.
+
         Raises:
             TimeoutError: it still ran after ``timeout_s``.
+            ServiceError: the service refused, or stayed away longer than ``away_s``.
         """
+        read = _patient(lambda: self.study(name), away_s)
         if not progress:
-            return follow_study(
-                lambda: self.study(name), interval_s=interval_s, timeout_s=timeout_s
-            )
+            return follow_study(read, interval_s=interval_s, timeout_s=timeout_s)
         import tqdm
 
         from service.lifecycle import finished_trials
@@ -163,9 +170,7 @@ class Client:
                 bar.update(own - bar.n)
                 bar.set_postfix(best=study["best_value"], failed=study["counts"]["FAIL"])
 
-            return follow_study(
-                lambda: self.study(name), interval_s=interval_s, timeout_s=timeout_s, on_poll=show
-            )
+            return follow_study(read, interval_s=interval_s, timeout_s=timeout_s, on_poll=show)
 
     # Models
 
@@ -347,6 +352,32 @@ def _check_target(path: Path) -> None:
         raise TargetError(
             f"cannot write {path}: it is {kind}; give a new file name or a regular file"
         )
+
+
+def _away(exc: ServiceError) -> bool:
+    """No answer, or a gateway's or the database's: the service may come back."""
+    return (exc.status is None and exc.code == "unreachable") or exc.status in (502, 503, 504)
+
+
+def _patient(read: Callable[[], Summary], away_s: float) -> Callable[[], Summary]:
+    """``read``, asked again with back-off (0.5 s doubling to 5 s) while the service is
+    away, for up to ``away_s`` seconds in a row; then its last error."""
+
+    def patiently() -> Summary:
+        deadline, delay = None, 0.5
+        while True:
+            try:
+                return read()
+            except ServiceError as exc:
+                now = time.monotonic()
+                deadline = now + away_s if deadline is None else deadline
+                if not _away(exc) or now >= deadline:
+                    raise
+                log.warning("the service is away (%s); asking again in %.1f s", exc, delay)
+                time.sleep(min(delay, max(deadline - now, 0)))
+                delay = min(delay * 2, 5.0)
+
+    return patiently
 
 
 def _sha256_of(repr_digest: str) -> str | None:

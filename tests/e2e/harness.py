@@ -68,9 +68,11 @@ def start_service(
     log_path: Path,
     extra_env: dict[str, str],
     extra_args: tuple[str, ...] = (),
+    port: int | None = None,
 ) -> Service:
-    """Start `helios-hpo serve` on a free port and wait until it answers /healthz."""
-    port = free_port()
+    """Start `helios-hpo serve` on ``port`` (default: a free one) and wait until it
+    answers /healthz."""
+    port = port or free_port()
     env = {
         **os.environ,
         "HELIOS_HPO_DATABASE_URL": database_url,

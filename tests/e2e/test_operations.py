@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import httpx
 import optuna
 import pytest
 
 from service.db import optuna_storage
 from service.models import LIVE_STATES as LIVE
-from tests.e2e.harness import Service, optuna_trials, study_summary, wait_for, wait_for_status
+from tests.e2e.harness import (
+    Service,
+    optuna_trials,
+    start_service,
+    stop_service,
+    study_summary,
+    wait_for,
+    wait_for_status,
+)
 from tests.specs import synthetic
 
 pytestmark = pytest.mark.slow
@@ -146,3 +160,34 @@ def test_delete_refuses_a_running_study_then_removes_everything(service: Service
         assert not (service.data_dir / "studies" / "gone").exists()
         assert client.post("/studies", json=spec).status_code == 201  # the name is free again
         client.post("/studies/gone/stop")
+
+
+def test_submit_wait_rides_out_a_service_restart(service: Service, tmp_path: Path) -> None:
+    # `submit --wait` gave up (exit 2) at the first refused connection of a restart.
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(synthetic("patient", n_trials=6, epochs=6, sleep_s=0.2, workers=1)))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HELIOS_HPO_")}
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "submit", str(spec), "--wait", "--url", service.url],
+        env={**clean, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert waiting.stdout is not None
+        assert waiting.stdout.readline().startswith("created study 'patient'")
+        stop_service(service)  # the service is away while its worker trains on
+        port = int(service.url.rsplit(":", 1)[1])
+        second = start_service(
+            service.database_url, service.data_dir, tmp_path / "second.log", {}, port=port
+        )
+        try:
+            out, err = waiting.communicate(timeout=180)
+        finally:
+            stop_service(second)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 0, err
+    assert "study 'patient' finished" in out
+    assert "the service is away" in err  # it said why it waited
