@@ -57,6 +57,7 @@ MODEL_FORMAT = "helios-hpo-model/1"
 ARTIFACT_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 _OPTUNA_KEY = "artifacts:"  # Optuna's system attribute of each artifact
 _SHA256_KEY = "helios_hpo:sha256:"  # ours, beside it
+_DASHBOARD_KEY = "dashboard:artifacts:"  # optuna-dashboard's older key of a trial's upload
 # A copy of a copy of ... is followed this far to the model its original stored.
 MAX_COPY_HOPS = 8
 _CHUNK = 1 << 20
@@ -357,18 +358,50 @@ def tree_bytes(root: Path) -> int:
 
 
 def study_artifact_ids(session: Session, name: str) -> list[str]:
-    """The ids of every artifact of Optuna study ``name``'s trials (to delete with it)."""
+    """The ids of every artifact of Optuna study ``name`` (to delete with it): its trials'
+    models and files uploaded through optuna-dashboard, to a trial or to the study."""
     optuna_id = ot.optuna_study_id(session, name)
     if optuna_id is None:
         return []
     attrs = ot.optuna_trial_system_attributes
-    rows = session.execute(
+    of_trials = session.execute(
         select(attrs.c.key)
         .join(ot.optuna_trials, attrs.c.trial_id == ot.optuna_trials.c.trial_id)
         .where(ot.optuna_trials.c.study_id == optuna_id, attrs.c.key.like(f"{_OPTUNA_KEY}%"))
     )
-    ids = [key.removeprefix(_OPTUNA_KEY) for (key,) in rows]
+    study_attrs = ot.optuna_study_system_attributes
+    of_study = session.execute(
+        select(study_attrs.c.key).where(
+            study_attrs.c.study_id == optuna_id,
+            study_attrs.c.key.like(f"{_OPTUNA_KEY}%")
+            | study_attrs.c.key.like(f"{_DASHBOARD_KEY}%"),
+        )
+    )
+    ids = [key.rpartition(":")[2] for (key,) in [*of_trials, *of_study]]
     return [i for i in ids if _is_id(i)]
+
+
+def missing_artifact_reason(
+    session: Session, trial_id: int | None, artifact_id: str, store: ModelStore
+) -> str | None:
+    """Why artifact ``artifact_id`` (of Optuna's trial ``trial_id``, when known) cannot
+    be served, as the API says it; None when the store has it."""
+    if store.size(artifact_id) is not None:
+        return None
+    if trial_id is not None:
+        keep = ArtifactsSpec()
+        stored = session.scalar(
+            select(StudyRow.spec)
+            .join(ot.optuna_studies, ot.optuna_studies.c.study_name == StudyRow.name)
+            .join(ot.optuna_trials, ot.optuna_trials.c.study_id == ot.optuna_studies.c.study_id)
+            .where(ot.optuna_trials.c.trial_id == trial_id)
+        )
+        if stored is not None:
+            keep = StudySpec.from_stored(stored).artifacts
+        for found in _artifacts(session, trial_id, keep, store):
+            if found.id == artifact_id and found.reason:
+                return f"artifact {artifact_id} {found.reason}"
+    return f"artifact {artifact_id} was deleted"
 
 
 # Reading

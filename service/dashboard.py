@@ -18,7 +18,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from service import optuna_tables, studies
 from service.api.security import guard_wsgi, scrub_query
-from service.artifacts import ModelStore, artifact_dir
+from service.artifacts import ModelStore, artifact_dir, missing_artifact_reason
 from service.db import (
     make_engine,
     make_session_factory,
@@ -63,6 +63,7 @@ class _LogHandler(WSGIRequestHandler):
 
 _DELETE = re.compile(r"^/api/studies/(\d+)$")
 _RENAME = re.compile(r"^/api/studies/(\d+)/rename$")
+_DOWNLOAD = re.compile(r"^/artifacts/\d+/(?:(\d+)/)?([0-9a-fA-F-]+)$")
 
 
 def _json(start_response: Callable[..., Any], status: str, body: dict[str, Any]) -> list[bytes]:
@@ -78,7 +79,8 @@ def service_rules(
     A study of the service is deleted as ``DELETE /studies/{name}`` deletes it (refused
     while it runs or has live workers; its row, logs and checkpoints go too), and is
     never renamed: its workers, logs and API know it by its name. Other Optuna studies
-    are left to the dashboard.
+    are left to the dashboard. A method not in capitals is refused (501) rather than
+    routed as its capitals, and a stored file that is gone is a 404 with the API's reason.
     """
     engine = make_engine(database_url)
     sessions = make_session_factory(engine)
@@ -86,6 +88,18 @@ def service_rules(
 
     def ruled(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        if method != method.upper():
+            # Methods are case-sensitive; the dashboard's router took 'delete' for DELETE,
+            # past the rules below.
+            reason = f"no method {method!r}: HTTP methods are case-sensitive ({method.upper()}?)"
+            return _json(start_response, "501 Not Implemented", {"reason": reason})
+        download = _DOWNLOAD.match(path) if method == "GET" else None
+        if download is not None and models is not None:
+            trial_id = int(download.group(1)) if download.group(1) else None
+            with session_scope(sessions) as session:
+                why = missing_artifact_reason(session, trial_id, download.group(2), models)
+            if why is not None:  # the dashboard's own answer was an HTML 500
+                return _json(start_response, "404 Not Found", {"reason": why})
         match = (_DELETE.match(path) if method == "DELETE" else None) or (
             _RENAME.match(path) if method == "POST" else None
         )

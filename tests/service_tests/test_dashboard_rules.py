@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import http.client
+import json
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import optuna
 import pytest
 from fastapi.testclient import TestClient
 
+from service.artifacts import ModelStore, artifact_dir
 from service.dashboard import start_dashboard
 from service.db import optuna_storage
 from service.settings import Settings
@@ -79,3 +84,64 @@ def test_an_optuna_study_without_our_row_can_be_deleted_through_the_api(
     assert optuna.get_all_study_names(optuna_storage(settings.database_url)) == []
     assert client.post("/studies", json=synthetic("orphan")).status_code == 201
     assert client.delete("/studies/never-was").status_code == 404
+
+
+def test_a_method_in_lowercase_is_refused_not_routed_past_the_rules(
+    client: TestClient, dashboard: httpx.Client, settings: Settings
+) -> None:
+    # `curl -X delete` deleted a running study (DELETE got the 409), `-X post` renamed it.
+    assert client.post("/studies", json=synthetic("live")).status_code == 201
+    study_id = _optuna_id(settings, "live")
+    deleted = _raw(dashboard, "delete", f"/api/studies/{study_id}")  # httpx sends capitals
+    assert deleted[0] == 501
+    assert "HTTP methods are case-sensitive (DELETE?)" in deleted[1]["reason"]
+    renamed = _raw(dashboard, "post", f"/api/studies/{study_id}/rename", {"study_name": "x"})
+    assert renamed[0] == 501
+    assert client.get("/studies/live").json()["status"] == "running"
+    assert optuna.get_all_study_names(optuna_storage(settings.database_url)) == ["live"]
+
+
+def _raw(
+    dashboard: httpx.Client, method: str, path: str, body: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    """A request whose method is sent as written."""
+    connection = http.client.HTTPConnection(dashboard.base_url.host, dashboard.base_url.port)
+    try:
+        payload = json.dumps(body).encode() if body is not None else None
+        connection.request(method, path, body=payload)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def _uploaded(dashboard: httpx.Client, path: str, content: bytes) -> str:
+    data = "data:application/octet-stream;base64," + base64.b64encode(content).decode()
+    response = dashboard.post(path, json={"file": data, "filename": "notes.bin"})
+    assert response.status_code == 201, response.text
+    return str(response.json()["artifact_id"])
+
+
+def test_a_removed_model_is_a_404_with_the_reason_and_uploads_go_with_their_study(
+    client: TestClient, dashboard: httpx.Client, settings: Settings
+) -> None:
+    assert client.post("/studies", json=synthetic("kept")).status_code == 201
+    storage = optuna_storage(settings.database_url)
+    study = optuna.load_study(study_name="kept", storage=storage)
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(-10, 10)})
+    study_id = _optuna_id(settings, "kept")
+    models = ModelStore(folder=artifact_dir(settings.data_dir))
+    model = _uploaded(dashboard, f"/api/artifacts/{study_id}/{trial._trial_id}", b"weights")
+    study.tell(trial, 1.0)
+    url = f"/artifacts/{study_id}/{trial._trial_id}/{model}"
+    assert dashboard.get(url).content == b"weights"
+    models.remove(model)  # as retention or the budget removes it
+    gone = dashboard.get(url)  # an HTML 500
+    assert gone.status_code == 404
+    assert gone.json()["reason"].startswith(f"artifact {model} was deleted")
+    # A file uploaded to the study survived DELETE /studies and counted toward the budget.
+    notes = _uploaded(dashboard, f"/api/artifacts/{study_id}", b"notes")
+    assert models.size(notes) == len(b"notes")
+    assert client.post("/studies/kept/stop").status_code == 200
+    assert client.delete("/studies/kept").status_code == 204
+    assert models.size(notes) is None
