@@ -149,6 +149,9 @@ class StudyRow(Base):
 
 class WorkerRow(Base):
     __tablename__ = "hpo_workers"
+    # SQLite gives the ids of deleted rows out again without it: a log URL of a deleted
+    # study's worker would show another study's log.
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012 (SQLAlchemy's form)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(

@@ -313,6 +313,8 @@ def _condition_errors(space: dict[str, Param]) -> list[tuple[str, str]]:
                 )
             elif isinstance(condition, IntRange):
                 errors.extend(_range_condition_errors(field, parent, source, condition))
+            elif not condition:  # never true: the parameter would never be searched
+                errors.append((field, f"list the values of {parent} it is searched for"))
             else:
                 dist = distribution(source)
                 errors += [

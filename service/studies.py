@@ -374,8 +374,8 @@ def update_study(session: Session, name: str, patch: StudyPatch) -> StudyRead:
     """
     row = get_study(session, name)
     changes = patch.model_dump(exclude_unset=True)
-    if "n_trials" in changes and patch.n_trials is None:
-        raise SpecError([("n_trials", "n_trials cannot be null")])
+    if nulls := [key for key in ("n_trials", "workers") if key in changes and changes[key] is None]:
+        raise SpecError([(key, f"{key} cannot be null; leave it out to keep it") for key in nulls])
     spec = row.study_spec
     if patch.workers is not None:
         changes["workers"] = spec.workers.model_copy(update={"count": patch.workers.count})

@@ -103,6 +103,9 @@ class ApiGuard:
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await _send_error(send, 413, "too_large", self._too_large(), [])
             return
+        if scope["method"] == "HEAD":
+            await _head(self.app, scope, send)
+            return
         if scope["method"] in READ_METHODS:
             await self.app(scope, receive, send)
             return
@@ -166,6 +169,27 @@ class ApiGuard:
 
     def _too_large(self) -> str:
         return f"the request body is over {self.max_body_bytes} bytes"
+
+
+async def _head(app: Any, scope: Scope, send: Send) -> None:
+    """HEAD answered as GET is, without the body (the routes are GET's alone). A stream
+    ends once its headers are sent: the app reads the client as gone."""
+    started = anyio.Event()
+
+    async def gone() -> Message:
+        await started.wait()
+        return {"type": "http.disconnect"}
+
+    async def headers_only(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            await send(message)
+            started.set()
+
+    # ASGI 2.3: a streaming response then stops when told the client is gone (above).
+    asgi = {**scope.get("asgi", {}), "spec_version": "2.3"}
+    await app({**scope, "method": "GET", "asgi": asgi}, gone, headers_only)
+    if started.is_set():
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _yaml_body(body: bytes) -> str:

@@ -350,3 +350,51 @@ def test_a_warm_started_study_whose_best_is_a_copy_serves_the_model_its_original
         f"trial {study['best_trial']} is a warm-start copy of trial 0 of study 'source', "
         "which was deleted with its models"
     )
+
+
+def test_downloads_answer_head_and_byte_ranges_so_a_cut_download_can_go_on(
+    service: tuple[Client, Settings],
+) -> None:
+    # HEAD was a 405 on every route, and Range was ignored: a cut download started over.
+    client, _ = service
+    _finished(client, _ranked_study("ranged"))
+    url = f"{client.url}/studies/ranged/best/model"
+    whole = httpx.get(url)
+    size = len(whole.content)
+    assert whole.headers["accept-ranges"] == "bytes"
+    head = httpx.head(url)
+    assert head.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-length"] == str(size)
+    assert head.headers["repr-digest"] == whole.headers["repr-digest"]
+    asks = [
+        ("bytes=0-9", 0, 9),
+        ("bytes=10-", 10, size - 1),
+        ("bytes=-5", size - 5, size - 1),
+        (f"bytes=7-{size + 99}", 7, size - 1),
+    ]
+    for asked, first, last in asks:
+        part = httpx.get(url, headers={"Range": asked})
+        assert part.status_code == 206, asked
+        assert part.headers["content-range"] == f"bytes {first}-{last}/{size}"
+        assert part.content == whole.content[first : last + 1]
+    # Went on from where a cut download stopped: the whole file, its digest checked.
+    rest = httpx.get(url, headers={"Range": f"bytes={size // 2}-"}).content
+    assert (
+        hashlib.sha256(whole.content[: size // 2] + rest).hexdigest()
+        == hashlib.sha256(whole.content).hexdigest()
+    )
+    beyond = httpx.get(url, headers={"Range": f"bytes={size}-"})
+    assert beyond.status_code == 416
+    assert beyond.headers["content-range"] == f"bytes */{size}"
+    for ignored in ("bytes=0-1,5-9", "lines=1-2", "bytes=9-3"):  # RFC 9110: the whole file
+        assert httpx.get(url, headers={"Range": ignored}).content == whole.content, ignored
+    for path in ("/studies", "/studies/ranged", "/studies/ranged/trials", "/healthz"):
+        got, head = httpx.get(f"{client.url}{path}"), httpx.head(f"{client.url}{path}")
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+    missing = httpx.head(f"{client.url}/studies/nope")
+    assert (missing.status_code, missing.content) == (404, b"")
+    worker = client.workers("ranged")[0]["id"]
+    followed = httpx.head(f"{client.url}/workers/{worker}/logs?follow=true", timeout=10)
+    assert followed.headers["content-type"].startswith("text/event-stream")

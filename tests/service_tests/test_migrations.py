@@ -35,7 +35,7 @@ def _scalar(url: str, sql: str) -> object:
 def test_upgrade_on_an_empty_database(database_url: str) -> None:
     upgrade(database_url)
     assert _tables(database_url) == HPO_TABLES
-    assert _scalar(database_url, "SELECT version_num FROM hpo_alembic_version") == "0005"
+    assert _scalar(database_url, "SELECT version_num FROM hpo_alembic_version") == "0006"
     upgrade(database_url)  # idempotent
     assert _tables(database_url) == HPO_TABLES
 
@@ -121,5 +121,39 @@ def test_worker_pids_become_refs_and_back(database_url: str) -> None:
         with engine.connect() as conn:
             started = conn.execute(text("SELECT pid_start_time FROM hpo_workers ORDER BY id"))
             assert [value for (value,) in started] == [917.0, None]
+    finally:
+        engine.dispose()
+
+
+def test_a_deleted_studys_worker_ids_are_never_given_out_again(database_url: str) -> None:
+    # On SQLite the next study's first worker got the id of the deleted study's last one,
+    # so that worker's old log URL showed the new study's log.
+    config = alembic_config(database_url)
+    command.upgrade(config, "0005")
+    engine = make_engine(database_url)
+    insert_study = text(
+        "INSERT INTO hpo_studies (name, task, spec, status, created_at) "
+        "VALUES (:name, 'synthetic', '{}', 'running', CURRENT_TIMESTAMP)"
+    )
+    insert_worker = text(
+        "INSERT INTO hpo_workers (study_id, launcher, host, gpus, state, log_path, started_at) "
+        "SELECT id, 'local', 'box', '', 'exited', :log, CURRENT_TIMESTAMP FROM hpo_studies "
+        "WHERE name = :name"
+    )
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert_study, {"name": "kept"})
+            conn.execute(insert_worker, {"name": "kept", "log": "kept.log"})
+            conn.execute(insert_study, {"name": "old"})
+            conn.execute(insert_worker, {"name": "old", "log": "old.log"})
+        command.upgrade(config, "head")  # the rows stay, ids and all
+        with engine.begin() as conn:
+            rows = conn.execute(text("SELECT id, log_path FROM hpo_workers ORDER BY id")).all()
+            assert [tuple(r) for r in rows] == [(1, "kept.log"), (2, "old.log")]
+            conn.execute(text("DELETE FROM hpo_studies WHERE name = 'old'"))
+            conn.execute(insert_study, {"name": "new"})
+            conn.execute(insert_worker, {"name": "new", "log": "new.log"})
+            new = conn.scalar(text("SELECT id FROM hpo_workers WHERE log_path = 'new.log'"))
+        assert new == 3
     finally:
         engine.dispose()

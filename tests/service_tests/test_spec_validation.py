@@ -174,6 +174,12 @@ BAD = [
     ),
     # Conditional parameters.
     pytest.param(
+        _conditional(x={"kind": []}),  # accepted: x was never searched
+        "search_space.x.when.kind",
+        "list the values of kind it is searched for",
+        id="condition-empty",
+    ),
+    pytest.param(
         _conditional(x={"w": ["a"]}),
         "search_space.x.when.w",
         "no parameter 'w'; parameters: ['kind', 'x', 'y', 'z']",
@@ -881,6 +887,8 @@ def test_synthetic_task_args_are_checked_against_their_ranges(client: TestClient
         ({"timeout_s": "60"}, "timeout_s"),
         ({"max_restarts": True}, "max_restarts"),
         ({"max_retries": -1}, "max_retries"),
+        ({"n_trials": None}, "n_trials"),
+        ({"workers": None}, "workers"),  # a 409 unreadable_spec: the stored spec had none
     ],
 )
 def test_patch_takes_strict_types(client: TestClient, patch: dict[str, Any], field: str) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Header, Query, Response, status
 from fastapi import Path as FastApiPath
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -52,6 +53,10 @@ _FILE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/octet-stream": {}}, "description": "The file"}
 }
 _CHUNK = 1 << 20
+RangeHeader = Annotated[
+    str | None,
+    Header(alias="Range", description="bytes=FIRST-LAST of one range: that part (206)"),
+]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=StudyRead, responses=_ERRORS)
@@ -166,10 +171,12 @@ async def download_artifact(
     artifact_id: ArtifactId,
     db: DatabaseDep,
     models: ModelsDep,
+    range_header: RangeHeader = None,
 ) -> StreamingResponse:
-    """Download a trial's artifact (streamed, with its length and SHA-256 in Repr-Digest)."""
+    """Download a trial's artifact (streamed, with its length and SHA-256 in Repr-Digest;
+    ``Range: bytes=N-`` goes on from byte N)."""
     artifact = await db.run(studies.read_artifact, name, number, artifact_id, models)
-    return await _file_response(number, artifact, models)
+    return await _file_response(number, artifact, models, range_header)
 
 
 @router.get("/{name}/best/model", response_class=StreamingResponse, responses={**_ERRORS, **_FILE})
@@ -183,37 +190,91 @@ async def download_best_model(
             ge=0, le=2**31 - 1, description="with several objectives: a trial of the Pareto front"
         ),
     ] = None,
+    range_header: RangeHeader = None,
 ) -> StreamingResponse:
-    """Download the best trial's model; ``X-Trial-Number`` says which trial it is."""
+    """Download the best trial's model; ``X-Trial-Number`` says which trial it is
+    (``Range: bytes=N-`` goes on from byte N)."""
     number, artifact = await db.run(studies.read_best_model, name, trial, models)
-    return await _file_response(number, artifact, models)
+    return await _file_response(number, artifact, models, range_header)
 
 
 async def _file_response(
-    number: int, artifact: ArtifactRead, models: ModelStore
+    number: int, artifact: ArtifactRead, models: ModelStore, range_header: str | None
 ) -> StreamingResponse:
     """The artifact, opened before the response starts: retention removing it later
-    leaves this download whole."""
+    leaves this download whole. A ``Range: bytes=...`` of one range gets that part (206),
+    so that a cut download can go on where it stopped."""
     try:
         file, size = await run_in_threadpool(models.open, artifact.id)
     except FileNotFoundError:
         raise NotFoundError(f"artifact {artifact.id} of trial {number} was deleted") from None
     filename = re.sub(r"[^A-Za-z0-9._-]", "_", artifact.filename) or "artifact"
     headers = {
-        "Content-Length": str(size),
+        "Accept-Ranges": "bytes",
         "Content-Disposition": f'attachment; filename="{filename}"',
         "X-Trial-Number": str(number),
     }
-    if artifact.sha256:
+    if artifact.sha256:  # of the whole file, also when a part is sent
         headers["Repr-Digest"] = digest_header(artifact.sha256)
     if artifact.stored_by:  # a warm-start copy: its original stored the model
         headers["X-Stored-By"] = artifact.stored_by
-    return StreamingResponse(_chunks(file), media_type=artifact.mimetype, headers=headers)
+    wanted = byte_range(range_header, size)
+    if wanted == "unsatisfiable":
+        file.close()
+        return StreamingResponse(
+            iter(()),
+            status_code=status.HTTP_416_RANGE_NOT_SATISFIABLE,
+            headers={**headers, "Content-Range": f"bytes */{size}", "Content-Length": "0"},
+        )
+    if wanted is None:
+        headers["Content-Length"] = str(size)
+        chunks = _chunks(file, 0, size)
+        return StreamingResponse(chunks, media_type=artifact.mimetype, headers=headers)
+    start, end = wanted
+    headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    headers["Content-Length"] = str(end + 1 - start)
+    return StreamingResponse(
+        _chunks(file, start, end + 1 - start),
+        status_code=status.HTTP_206_PARTIAL_CONTENT,
+        media_type=artifact.mimetype,
+        headers=headers,
+    )
 
 
-def _chunks(file: Any) -> Iterator[bytes]:
+def byte_range(header: str | None, size: int) -> tuple[int, int] | Literal["unsatisfiable"] | None:
+    """The first and last byte a ``Range`` header asks of ``size`` bytes; None for the whole
+    file (no header, one that is not a single byte range: RFC 9110 lets it be ignored)."""
+    match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header or "")
+    if match is None or match.group(1) == match.group(2) == "":
+        return None
+    first, last = match.groups()
+    if first == "":  # the last N bytes
+        if int(last) == 0:
+            return "unsatisfiable"
+        return max(size - int(last), 0), size - 1
+    if int(first) >= size:
+        return "unsatisfiable"
+    end = size - 1 if last == "" else min(int(last), size - 1)
+    return (int(first), end) if end >= int(first) else None
+
+
+def _chunks(file: Any, start: int, length: int) -> Iterator[bytes]:
     try:
-        while chunk := file.read(_CHUNK):
+        _skip(file, start)
+        while length > 0 and (chunk := file.read(min(_CHUNK, length))):
+            length -= len(chunk)
             yield chunk
     finally:
         file.close()
+
+
+def _skip(file: Any, count: int) -> None:
+    """Move ``count`` bytes on: a seek where the reader can (a file), else a read (a
+    bucket's stream)."""
+    if count == 0:
+        return
+    try:
+        file.seek(count)
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        while count > 0 and (chunk := file.read(min(_CHUNK, count))):
+            count -= len(chunk)
