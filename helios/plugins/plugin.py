@@ -233,10 +233,16 @@ class Plugin(abc.ABC):
         """Enter ``trainer.plugins`` under ``plug_id``.
 
         Raises:
-            DuplicatePluginError: another plug-in holds that id (a ``KeyError``).
+            DuplicatePluginError: a plug-in holds that id, this one included: registering
+                it twice is a mistake, as in helios-ml (a ``KeyError``).
         """
         other = trainer.plugins.get(self._plug_id)
-        if other is not None and other is not self:
+        if other is self:
+            raise DuplicatePluginError(
+                f"plug-in {self._plug_id!r} ({type(self).__name__}) is registered in this "
+                "trainer already; register it once"
+            )
+        if other is not None:
             raise DuplicatePluginError(
                 f"the trainer already has plug-in {self._plug_id!r} ({type(other).__name__}); "
                 f"give {type(self).__name__} another plug_id"

@@ -91,6 +91,20 @@ def test_duplicate_plugin_id_is_a_key_error_naming_both() -> None:
         trainer.register_plugin(RecordingPlugin([], "same"))
 
 
+def test_registering_the_same_plugin_twice_is_a_key_error_as_in_helios_ml() -> None:
+    # It was accepted silently; helios-ml 1.4.1 raises KeyError for any taken id.
+    plugin = RecordingPlugin([], "once")
+    trainer = Trainer(total_steps=1)
+    plugin.configure_trainer(trainer)
+    with pytest.raises(KeyError, match="'once' .* is registered in this trainer already"):
+        plugin.configure_trainer(trainer)
+    with pytest.raises(KeyError):
+        trainer.register_plugin(plugin)
+    with pytest.raises(KeyError):
+        Trainer(total_steps=1, plugins=[plugin, plugin])
+    assert trainer.plugins == {"once": plugin}
+
+
 def test_should_training_stop_is_asked_after_every_batch() -> None:
     trainer = Trainer(total_steps=5, plugins=[StopperPlugin("stopper")], seed=0)
     state = trainer.fit(BoringModel(), BoringData())
