@@ -10,9 +10,22 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["DEFAULT_URL", "DockerHost", "DockerSettings", "Settings", "get_settings"]
+__all__ = [
+    "DEFAULT_URL",
+    "WORKER_COMMAND",
+    "DockerHost",
+    "DockerSettings",
+    "Settings",
+    "get_settings",
+]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+# What runs `helios-hpo worker` (then --study S --worker-id N): this interpreter, the
+# package by module, and -P so that no folder a worker starts in (one holding a
+# service.py or service/ of its own) shadows the package.
+WORKER_COMMAND = (sys.executable, "-P", "-m", "service.cli", "worker")
 
 
 class DockerHost(BaseModel):
@@ -102,7 +115,7 @@ class SlurmSettings(BaseSettings):
         description='More sbatch options, JSON, e.g. ["--constraint=a100", "--mem=32G"].',
     )
     worker_command: list[str] = Field(
-        default_factory=lambda: [sys.executable, "-m", "service.cli", "worker"],
+        default_factory=lambda: list(WORKER_COMMAND),
         description="What runs `helios-hpo worker` on the nodes, JSON (default: this "
         "service's interpreter, which the nodes must have at the same path).",
     )

@@ -15,7 +15,6 @@ import math
 import os
 import shutil
 import signal
-import sys
 import threading
 import time
 import warnings
@@ -47,7 +46,7 @@ from service.outcome import Outcome, Recorder, fail_study_now
 from service.ranks import run_ranks
 from service.reservation import OptunaStudyGone, Reservation, Reservations, Stop
 from service.schemas import StudySpec, UnreadableSpecError
-from service.settings import Settings
+from service.settings import WORKER_COMMAND, Settings
 from service.space import build_pruner, build_sampler
 from service.stale import StaleTrials
 from service.studies import get_study
@@ -66,8 +65,6 @@ __all__ = [
 
 log = logging.getLogger("helios_hpo.worker")
 T = TypeVar("T")
-# What each rank runs, before --study S --worker-id N.
-WORKER_ARGV = ("-m", "service.cli", "worker")
 _current_trial: contextvars.ContextVar[int | None] = contextvars.ContextVar("trial", default=None)
 
 
@@ -573,10 +570,8 @@ def run_worker(study_name: str, worker_id: int, settings: Settings) -> int:
             )
             if ranks > 1:
                 log.info("training each trial on %d ranks", ranks)
-                argv = [sys.executable, *WORKER_ARGV, "--study", study_name]
-                return run_ranks(
-                    [*argv, "--worker-id", str(worker_id)], ranks, settings.worker_stop_timeout_s
-                )
+                argv = [*WORKER_COMMAND, "--study", study_name, "--worker-id", str(worker_id)]
+                return run_ranks(argv, ranks, settings.worker_stop_timeout_s)
         worker = with_db_retries(
             "starting", lambda: _Worker(study_name, worker_id, settings), settings.db_retry_s
         )

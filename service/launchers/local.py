@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
@@ -29,13 +28,11 @@ from service.launchers.base import (
 )
 from service.launchers.gpus import GpuScheduler
 from service.schemas import WorkersSpec
-from service.settings import Settings
+from service.settings import WORKER_COMMAND, Settings
 
 __all__ = ["WORKER_COMMAND", "LocalLauncher", "process_start_time"]
 
 _MARKER = "HELIOS_HPO_WORKER"
-# What a worker runs, before --study S --worker-id N.
-WORKER_COMMAND = (sys.executable, "-m", "service.cli", "worker")
 
 
 def process_start_time(pid: int) -> int | None:

@@ -69,10 +69,14 @@ def start_service(
     extra_env: dict[str, str],
     extra_args: tuple[str, ...] = (),
     port: int | None = None,
+    cwd: Path | None = None,
 ) -> Service:
     """Start `helios-hpo serve` on ``port`` (default: a free one) and wait until it
-    answers /healthz."""
+    answers /healthz. In ``cwd`` it runs as a user runs it there: the console script."""
     port = port or free_port()
+    command = [sys.executable, "-m", "service.cli"]
+    if cwd is not None:
+        command = [str(Path(sys.executable).parent / "helios-hpo")]
     env = {
         **os.environ,
         "HELIOS_HPO_DATABASE_URL": database_url,
@@ -85,8 +89,9 @@ def start_service(
     }
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(port), *extra_args],
+            [*command, "serve", "--port", str(port), *extra_args],
             env=env,
+            cwd=cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -16,7 +16,15 @@ import yaml
 from service.db import optuna_storage
 from service.tasks import get_task
 from tests.databases import sqlite_only
-from tests.e2e.harness import Service, optuna_trials, wait_for, wait_for_status
+from tests.e2e.harness import (
+    Service,
+    kill_workers,
+    optuna_trials,
+    start_service,
+    stop_service,
+    wait_for,
+    wait_for_status,
+)
 from tests.specs import synthetic
 
 pytestmark = pytest.mark.slow
@@ -419,3 +427,36 @@ def test_a_warm_started_study_copies_the_best_earlier_trials_outside_its_budget(
     assert study["status"] == "finished", study["status_reason"]
     assert len(trials) - len(copies) == 3
     assert study["counts"]["COMPLETE"] + study["counts"]["PRUNED"] == 6
+
+
+@sqlite_only
+def test_workers_start_from_a_folder_with_a_service_package_of_its_own(
+    database_url: str, tmp_path: Path
+) -> None:
+    # Workers ran `python -m service.cli` in the service's folder: from a Django or Flask
+    # repository (a service.py or service/ of its own) every worker died at import.
+    project = tmp_path / "webapp"
+    (project / "service").mkdir(parents=True)
+    shadow = "raise ImportError('the web app service, not helios-hpo')\n"
+    (project / "service" / "__init__.py").write_text(shadow)
+    (project / "service.py").write_text(shadow)
+    svc = start_service(database_url, tmp_path / "data", tmp_path / "service.log", {}, cwd=project)
+    try:
+        with svc.client() as client:
+            spec = synthetic("shadowed", n_trials=2, epochs=2, workers=1)
+            assert client.post("/studies", json=spec).status_code == 201
+            study = wait_for_status(client, "shadowed", 120, svc)
+            workers = wait_for(
+                lambda: [
+                    w
+                    for w in client.get("/studies/shadowed/workers").json()
+                    if w["state"] != "running"
+                ],
+                60,
+                "the worker to exit",
+            )
+        assert study["status"] == "finished", study["status_reason"]
+        assert [(w["state"], w["exit_code"]) for w in workers] == [("exited", 0)]
+    finally:
+        stop_service(svc)
+        kill_workers(database_url)

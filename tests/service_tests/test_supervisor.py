@@ -22,10 +22,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import optuna_tables, studies
 from service.db import make_engine, make_session_factory, optuna_storage, session_scope
-from service.launchers.local import WORKER_COMMAND, LocalLauncher
+from service.launchers.local import LocalLauncher
 from service.models import StudyRow, WorkerRow
 from service.schemas import StudyPatch, StudySpec
-from service.settings import Settings
+from service.settings import WORKER_COMMAND, Settings
 from service.supervisor import Supervisor
 from tests.specs import synthetic
 from tests.support import wait_for
