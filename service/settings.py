@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service import __version__
+
 __all__ = [
     "DEFAULT_URL",
     "WORKER_COMMAND",
@@ -57,7 +59,7 @@ class DockerSettings(BaseSettings):
         default_factory=list,
         description='JSON, e.g. [{"name": "gpu1", "url": "ssh://me@gpu1", "gpus": [0, 1]}]',
     )
-    image: str = "helios-hpo-worker:0.1.0"
+    image: str = f"helios-hpo-worker:{__version__}"
     images: list[str] = Field(
         default_factory=list, description="Other images a spec may name in workers.image."
     )

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from anyio import to_thread
 from fastapi import FastAPI
 
+from service import __version__
 from service.api.errors import COMMON_ERRORS, install_error_handlers
 from service.api.routes import studies, tasks, workers
 from service.api.security import ApiGuard
@@ -90,7 +91,7 @@ def create_app(
     app = FastAPI(
         title="helios-hpo",
         summary="Hyperparameter search over HTTP: Optuna studies trained by helios workers.",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
     )
     # Set when the server is told to exit: log streams end, so that it can.

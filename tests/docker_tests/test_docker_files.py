@@ -20,7 +20,9 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
+from service.api import create_app
 from service.cli import _parser
+from service.settings import Settings
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 DOCKERFILES = ["service.Dockerfile", "worker.Dockerfile", "examples/task.Dockerfile"]
@@ -223,3 +225,20 @@ def test_the_images_install_the_dependencies_before_the_sources(
     assert sources
     assert min(sources) > dependencies
     assert "install --no-deps --no-build-isolation ." in text
+
+
+def test_image_tags_are_the_package_version(compose: dict[str, Any]) -> None:
+    # The version was written in seven places; the code reads the package's, and the
+    # image tags, which YAML and Dockerfiles cannot read from it, are checked against it.
+    version = importlib.metadata.version("helios-hpo")
+    assert (
+        version
+        == tomllib.loads((DOCKER.parent / "pyproject.toml").read_text())["project"]["version"]
+    )
+    tags = [s["image"] for s in compose["services"].values() if "helios-hpo" in s.get("image", "")]
+    assert tags
+    assert {tag.rpartition(":")[2] for tag in tags} == {version}
+    task = (DOCKER / "examples" / "task.Dockerfile").read_text()
+    assert f"FROM helios-hpo-worker:{version}\n" in task
+    assert Settings().docker.image == f"helios-hpo-worker:{version}"
+    assert create_app().version == version

@@ -15,6 +15,7 @@ import pytest
 import requests
 from fastapi.testclient import TestClient
 
+from service import __version__
 from service.api import create_app
 from service.cli import _parser
 from service.launchers.base import LOST, UNREACHABLE, instance_label
@@ -35,7 +36,7 @@ def _spec(lease: Lease, network: str | None = None) -> dict[str, object]:
         study="cifar-sweep",
         worker_id=7,
         lease=lease,
-        image="helios-hpo-worker:0.1.0",
+        image=f"helios-hpo-worker:{__version__}",
         instance="abc123",
         database_url="postgresql://helios:secret@db:5432/helios",
         env={"NCCL_DEBUG": "WARN"},
