@@ -30,7 +30,7 @@ from service.errors import ConflictError, NotFoundError
 
 __all__ = ["DashboardServer", "dashboard_app", "service_rules", "start_dashboard"]
 
-log = logging.getLogger("helios_hpo.dashboard")
+log = logging.getLogger(__name__)
 
 
 def dashboard_app(database_url: str, models: ModelStore) -> Any:

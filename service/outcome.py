@@ -26,7 +26,7 @@ from service.studies import fail_study
 
 __all__ = ["Outcome", "Recorder", "fail_study_now"]
 
-log = logging.getLogger("helios_hpo.worker")
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 

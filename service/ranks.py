@@ -20,7 +20,7 @@ from types import FrameType
 
 __all__ = ["run_ranks"]
 
-log = logging.getLogger("helios_hpo.worker")
+log = logging.getLogger(__name__)
 POLL_S = 0.2
 
 

@@ -30,7 +30,7 @@ from service.schemas import StudySpec
 
 __all__ = ["StaleTrials"]
 
-log = logging.getLogger("helios_hpo.stale")
+log = logging.getLogger(__name__)
 
 
 class StaleTrials:

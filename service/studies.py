@@ -59,7 +59,7 @@ __all__ = [
     "update_study",
 ]
 
-log = logging.getLogger("helios_hpo.studies")
+log = logging.getLogger(__name__)
 
 
 def create_study(

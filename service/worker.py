@@ -63,7 +63,7 @@ __all__ = [
     "trial_seed",
 ]
 
-log = logging.getLogger("helios_hpo.worker")
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 _current_trial: contextvars.ContextVar[int | None] = contextvars.ContextVar("trial", default=None)
 

@@ -23,7 +23,7 @@ from service.supervisor import Supervisor
 
 __all__ = ["create_app"]
 
-log = logging.getLogger("helios_hpo.api")
+log = logging.getLogger(__name__)
 
 
 def create_app(

@@ -32,7 +32,7 @@ from service.settings import DockerHost, DockerSettings, Settings
 
 __all__ = ["LABEL", "DockerLauncher", "container_spec", "docker_launcher"]
 
-log = logging.getLogger("helios_hpo.docker")
+log = logging.getLogger(__name__)
 
 LABEL = "io.helios-hpo"
 _RUNNING = ("created", "running", "restarting", "paused")

@@ -42,7 +42,7 @@ from service.settings import Settings, SlurmSettings
 
 __all__ = ["NOT_SHARED", "SlurmLauncher", "job_script", "slurm_launcher"]
 
-log = logging.getLogger("helios_hpo.slurm")
+log = logging.getLogger(__name__)
 
 # A job's exit code when it cannot see the service's probe file.
 NOT_SHARED = 97
