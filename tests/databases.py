@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from service.db import normalize_url
+from tests.support import unavailable
 
 POSTGRES_URL = os.environ.get("HELIOS_HPO_TEST_POSTGRES_URL")
 
@@ -27,12 +29,17 @@ sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 def _postgres_database() -> Iterator[str]:
     if not POSTGRES_URL:
-        pytest.skip("HELIOS_HPO_TEST_POSTGRES_URL is not set")
+        unavailable("HELIOS_HPO_TEST_POSTGRES_URL names no PostgreSQL server")
     admin_url = normalize_url(POSTGRES_URL)
     name = f"helios_hpo_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        admin.dispose()
+        where = admin_url.render_as_string(hide_password=True)
+        unavailable(f"no PostgreSQL server answers at {where}: {str(exc.orig).strip()[:200]}")
     try:
         yield admin_url.set(database=name).render_as_string(hide_password=False)
     finally:

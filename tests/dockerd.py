@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import debian_tool
+from tests.support import debian_tool, unavailable
 
 __all__ = [
     "BASE_IMAGE",
@@ -75,9 +75,9 @@ def cache_dir() -> Path:
 def engine_tools() -> dict[str, str]:
     """Debian's dockerd, debootstrap and docker-compose, installed when missing (as root)."""
     if os.geteuid() != 0:
-        pytest.skip("a Docker engine needs root to start (run the docker tests as root)")
+        unavailable("a Docker engine needs root to start (run the docker tests as root)")
     if shutil.which("apt-get") is None:
-        pytest.skip("no apt-get to install Debian's docker.io with")
+        unavailable("no apt-get to install Debian's docker.io with")
     # Debian's own CLI: another `docker` on PATH may lack what the tests use.
     tools = {command: debian_tool(command, package) for command, package in _PACKAGES.items()}
     tools["docker"] = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"

@@ -18,7 +18,7 @@ import pytest
 from service.migrations import upgrade
 from tests.e2e.harness import kill_workers, start_service, stop_service, wait_for, wait_for_status
 from tests.specs import synthetic
-from tests.support import free_port
+from tests.support import free_port, unavailable
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -73,9 +73,9 @@ class Cluster:
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
     if not BIN:
-        pytest.skip("no PostgreSQL installation under /usr/lib/postgresql")
+        unavailable("no PostgreSQL installation under /usr/lib/postgresql")
     if not os.environ.get("HELIOS_HPO_TEST_POSTGRES_URL"):
-        pytest.skip("HELIOS_HPO_TEST_POSTGRES_URL is not set")
+        unavailable("HELIOS_HPO_TEST_POSTGRES_URL names no PostgreSQL server")
     root = Path(tempfile.mkdtemp(prefix="hpo-pg-"))
     shutil.chown(root, "postgres") if os.geteuid() == 0 else None
     pg = Cluster(root)
