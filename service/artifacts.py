@@ -422,25 +422,16 @@ def trial_artifact(
     artifact_id: str | None,
     keep: ArtifactsSpec,
     store: ModelStore,
+    *,
+    hops: int = 0,
 ) -> ArtifactRead:
-    """One artifact of trial ``number`` (its model when ``artifact_id`` is None).
+    """One artifact of trial ``number`` (its model when ``artifact_id`` is None); a
+    warm-start copy's is its original's (``hops``: copies followed so far).
 
     Raises:
         NotFoundError: with why: no such trial, it did not complete, the study keeps no
             models, no such artifact, or retention deleted it (404).
     """
-    return _trial_artifact(session, optuna_id, number, artifact_id, keep, store, hops=0)
-
-
-def _trial_artifact(
-    session: Session,
-    optuna_id: int,
-    number: int,
-    artifact_id: str | None,
-    keep: ArtifactsSpec,
-    store: ModelStore,
-    hops: int,
-) -> ArtifactRead:
     trial_id, state = _trial(session, optuna_id, number)
     if state != "COMPLETE":
         detail = f"trial {number} is {state}; only COMPLETE trials store their model"
@@ -496,7 +487,7 @@ def _original_artifact(
     stored = session.scalar(select(StudyRow.spec).where(StudyRow.name == study))
     keep = StudySpec.from_stored(stored).artifacts if stored is not None else ArtifactsSpec()
     try:
-        found = _trial_artifact(session, optuna_id, original, artifact_id, keep, store, hops)
+        found = trial_artifact(session, optuna_id, original, artifact_id, keep, store, hops=hops)
     except NotFoundError as exc:
         raise NotFoundError(f"{copy}: {exc.detail}") from None
     return found.model_copy(update={"stored_by": f"{study}/{original}"})
