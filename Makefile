@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 HELIOS_HPO_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 export HELIOS_HPO_TEST_POSTGRES_URL
 
-.PHONY: install serve test test-fast lint typecheck pytest bench clean
+.PHONY: install serve test test-fast lint typecheck pytest docs docs-serve bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,15 @@ serve: install
 lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(MAKE) docs
+
+# The documentation site (docs/, mkdocs.yml) into site/; warnings fail it.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8001
 
 typecheck: install
 	$(VENV)/bin/mypy
@@ -44,4 +53,4 @@ test-fast: install
 	HELIOS_HPO_TEST_POSTGRES_URL= $(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow and not docker and not postgres"
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache site

@@ -59,11 +59,15 @@ class DockerSettings(BaseSettings):
         default_factory=list,
         description='JSON, e.g. [{"name": "gpu1", "url": "ssh://me@gpu1", "gpus": [0, 1]}]',
     )
-    image: str = f"helios-hpo-worker:{__version__}"
+    image: str = Field(
+        f"helios-hpo-worker:{__version__}",
+        description="The default worker image (this service's version); specs may name "
+        "another of `images` in `workers.image`.",
+    )
     images: list[str] = Field(
         default_factory=list, description="Other images a spec may name in workers.image."
     )
-    network: str | None = None
+    network: str | None = Field(None, description="The worker containers' network.")
     volumes: list[str] = Field(
         default_factory=lambda: ["helios-hpo_data:/data"],
         description="Volumes of every worker container, as name:/path.",
@@ -107,10 +111,10 @@ class SlurmSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="HELIOS_HPO_SLURM_", extra="ignore")
 
-    enabled: bool = False
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
+    enabled: bool = Field(False, description='Run workers as Slurm jobs ("launcher": "slurm").')
+    partition: str | None = Field(None, description="sbatch --partition.")
+    account: str | None = Field(None, description="sbatch --account.")
+    qos: str | None = Field(None, description="sbatch --qos.")
     time_limit: str | None = Field(None, description="sbatch --time, e.g. 1-00:00:00")
     extra_args: list[str] = Field(
         default_factory=list,
@@ -155,18 +159,26 @@ class Settings(BaseSettings):
     gpus: Annotated[list[int], NoDecode] = Field(
         default_factory=list, description="GPU ids local workers may use, e.g. '0,1'."
     )
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = Field("127.0.0.1", description="Where `serve` listens (`--host` overrides).")
+    port: int = Field(8000, description="The port `serve` listens on (`--port` overrides).")
     # The command line's view of the service (submit, studies).
     url: str = Field(DEFAULT_URL, description="The service the command line talks to.")
     token: SecretStr | None = Field(None, description="The token the command line sends.")
     token_file: Path | None = Field(
         None, description="A file holding the command line's token (kept out of shell history)."
     )
-    supervisor_interval_s: float = Field(1.0, gt=0)
-    heartbeat_interval_s: int = Field(10, ge=1)
-    heartbeat_grace_s: int = Field(60, ge=2)
-    worker_stop_timeout_s: float = Field(10.0, gt=0)
+    supervisor_interval_s: float = Field(
+        1.0, gt=0, description="How often the supervisor reconciles studies and workers."
+    )
+    heartbeat_interval_s: int = Field(
+        10, ge=1, description="How often a running trial's worker records its heartbeat."
+    )
+    heartbeat_grace_s: int = Field(
+        60, ge=2, description="A trial silent this long is failed, and its retry queued."
+    )
+    worker_stop_timeout_s: float = Field(
+        10.0, gt=0, description="A stopped study's workers get SIGTERM, SIGKILL after this."
+    )
     launcher_outage_s: float = Field(
         300.0,
         gt=0,
@@ -210,7 +222,9 @@ class Settings(BaseSettings):
     docker: DockerSettings = Field(default_factory=lambda: DockerSettings())
     # The Slurm launcher (workers.launcher = "slurm"): HELIOS_HPO_SLURM_*.
     slurm: SlurmSettings = Field(default_factory=lambda: SlurmSettings())
-    workers_per_gpu: int = Field(1, ge=1, le=64)
+    workers_per_gpu: int = Field(
+        1, ge=1, le=64, description="How many workers (local or Docker) may share one GPU."
+    )
     # Who may call the API and the dashboard.
     api_tokens: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

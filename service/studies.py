@@ -183,6 +183,12 @@ def get_study(session: Session, name: str) -> StudyRow:
     return row
 
 
+def worker_ended(session: Session, worker_id: int) -> bool:
+    """Whether the worker ended; a worker deleted with its study has ended too."""
+    worker = session.get(WorkerRow, worker_id)
+    return worker is None or not worker.live
+
+
 def get_worker(session: Session, worker_id: int) -> WorkerRow:
     """The worker row ``worker_id``.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Annotated, Concatenate, ParamSpec, TypeVar
 
@@ -24,6 +25,7 @@ __all__ = [
     "ModelsDep",
     "SettingsDep",
     "StorageDep",
+    "StoppingDep",
     "StudyName",
 ]
 
@@ -75,6 +77,11 @@ async def _launchers(request: Request) -> dict[str, Launcher]:
     return launchers
 
 
+async def _stopping(request: Request) -> threading.Event:
+    stopping: threading.Event = request.app.state.stopping
+    return stopping
+
+
 async def _models(request: Request) -> ModelStore:
     models: ModelStore = request.app.state.models
     return models
@@ -91,5 +98,7 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 LaunchersDep = Annotated[dict[str, Launcher], Depends(_launchers)]
 StorageDep = Annotated[optuna.storages.BaseStorage, Depends(_storage)]
 ModelsDep = Annotated[ModelStore, Depends(_models)]
+# Set when the server is told to exit: streams end.
+StoppingDep = Annotated[threading.Event, Depends(_stopping)]
 # A name no study can have (a NUL byte, a slash) is refused before it reaches the database.
 StudyName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=64)]

@@ -8,17 +8,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from fastapi import Path as FastApiPath
 from fastapi.responses import StreamingResponse
-from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from service import studies
-from service.api.deps import DatabaseDep, StudyName
-from service.db import session_scope
+from service.api.deps import Database, DatabaseDep, LaunchersDep, StoppingDep, StudyName
 from service.logs import FileLines, LauncherLines, log_tail, of_trial
-from service.models import WorkerRow
 from service.schemas import ErrorBody, LogRead, WorkerRead
 
 router = APIRouter(tags=["workers"])
@@ -40,8 +37,9 @@ async def list_workers(name: StudyName, db: DatabaseDep) -> list[WorkerRead]:
 )
 async def worker_logs(
     worker_id: Annotated[int, FastApiPath(ge=1, le=2**31 - 1)],
-    request: Request,
     db: DatabaseDep,
+    launchers: LaunchersDep,
+    stopping: StoppingDep,
     tail: Annotated[int, Query(ge=1, le=10_000)] = 100,
     trial: Annotated[int | None, Query(ge=0, description="only this trial's lines")] = None,
     follow: Annotated[bool, Query(description="stream new lines as server-sent events")] = False,
@@ -50,7 +48,7 @@ async def worker_logs(
     worker = await db.run(studies.get_worker, worker_id)
     path = Path(worker.log_path)
     # A live container's log comes through its launcher; other logs are files.
-    launcher = request.app.state.launchers.get(worker.launcher)
+    launcher = launchers.get(worker.launcher)
     new_lines: FileLines | LauncherLines
     if launcher is not None and worker.live and worker.ref is not None:
         new_lines = LauncherLines(launcher, worker.ref, path)
@@ -63,7 +61,7 @@ async def worker_logs(
         lines = await run_in_threadpool(new_lines.start, tail, trial, False)
         return LogRead(worker=worker_id, state=worker.state, lines=lines)
     return StreamingResponse(
-        _follow(new_lines, worker_id, request.app.state, trial, tail),
+        _follow(new_lines, worker_id, db, stopping, trial, tail),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache"},
     )
@@ -72,20 +70,19 @@ async def worker_logs(
 async def _follow(
     new_lines: FileLines | LauncherLines,
     worker_id: int,
-    state: Any,
+    db: Database,
+    stopping: threading.Event,
     trial: int | None,
     tail: int,
 ) -> AsyncIterator[str]:
     """Send the last lines, then each new line, until the worker has ended and all is sent,
-    or the service stops (``state.stopping``): then an end event says which.
+    or the service stops (``stopping``): then an end event says which.
 
     File reads and database reads run in the API's thread pool, bounded by
     HELIOS_HPO_API_THREADS like every other request's; each read holds at most
     ``CHUNK_BYTES`` of the log.
     """
-    sessions: sessionmaker[Session] = state.sessions
-    stopping: threading.Event = state.stopping
-    ended = await run_in_threadpool(_worker_ended, sessions, worker_id)
+    ended = await db.run(studies.worker_ended, worker_id)
     lines = await run_in_threadpool(new_lines.start, tail, trial, ended)
     while True:
         for line in lines:
@@ -98,12 +95,5 @@ async def _follow(
             return
         if not new_lines.behind:
             await asyncio.sleep(_POLL_S)
-            ended = await run_in_threadpool(_worker_ended, sessions, worker_id)
+            ended = await db.run(studies.worker_ended, worker_id)
         lines = of_trial(await run_in_threadpool(new_lines, ended), trial)
-
-
-def _worker_ended(sessions: sessionmaker[Session], worker_id: int) -> bool:
-    """Whether the worker ended; a worker deleted with its study has ended too."""
-    with session_scope(sessions) as session:
-        worker = session.get(WorkerRow, worker_id)
-        return worker is None or not worker.live
