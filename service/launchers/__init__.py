@@ -1,10 +1,11 @@
 """Launchers: how workers are started (local processes, Docker containers, ...).
 
-Each launcher module registers a factory under the name a spec's
-``workers.launcher`` gives; ``from_settings`` builds those the settings enable.
+Each launcher is a factory registered under the name a spec's ``workers.launcher``
+gives, found through the ``helios_hpo.launchers`` entry-point group (the built-ins
+are listed there too, in pyproject.toml); ``from_settings`` builds those the settings
+enable.
 """
 
-from service.launchers import docker, local, slurm  # noqa: F401 (they register themselves)
 from service.launchers.base import (
     LOST,
     MISCONFIGURED,

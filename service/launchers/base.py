@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 from collections.abc import Callable, Collection, Mapping
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -27,6 +29,7 @@ __all__ = [
     "UNREACHABLE",
     "LauncherUnavailable",
     "Launcher",
+    "ENTRY_POINT_GROUP",
     "LauncherFactory",
     "UnknownLauncherError",
     "WorkerHandle",
@@ -39,6 +42,8 @@ __all__ = [
     "registered",
     "worker_log_path",
 ]
+
+log = logging.getLogger(__name__)
 
 # The exit code a launcher reports for a worker whose exit status it cannot read.
 LOST = -255
@@ -176,13 +181,36 @@ class _Entry:
 
 
 _REGISTRY: dict[str, _Entry] = {}
+# Launchers come from this entry-point group, the built-ins too (pyproject.toml): a
+# Kubernetes or cloud launcher ships as a package of its own that names its factory.
+ENTRY_POINT_GROUP = "helios_hpo.launchers"
+_entry_points_loaded = False
+
+
+def _load_entry_points() -> None:
+    """Import each launcher the installed packages name, once; a broken one is logged and
+    left out. A factory its module registered (``@register``) is taken as registered;
+    another is registered under the entry point's name."""
+    global _entry_points_loaded  # noqa: PLW0603 (one registry per process)
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            factory = ep.load()
+            if ep.name not in _REGISTRY:
+                register(ep.name, enable=f"see the {ep.dist.name if ep.dist else ep.value} docs")(
+                    factory
+                )
+        except Exception:
+            log.exception("could not load launcher entry point %s = %s", ep.name, ep.value)
 
 
 class UnknownLauncherError(KeyError):
     """No launcher of that name is registered."""
 
     def __str__(self) -> str:
-        return f"unknown launcher {self.args[0]!r}; launchers: {', '.join(sorted(_REGISTRY))}"
+        return f"unknown launcher {self.args[0]!r}; launchers: {', '.join(registered())}"
 
 
 def register(name: str, *, enable: str) -> Callable[[F], F]:
@@ -200,11 +228,13 @@ def register(name: str, *, enable: str) -> Callable[[F], F]:
 
 def registered() -> list[str]:
     """The names of every registered launcher."""
+    _load_entry_points()
     return sorted(_REGISTRY)
 
 
 def from_settings(settings: Settings) -> dict[str, Launcher]:
     """The launchers the settings enable, by name."""
+    _load_entry_points()
     built = {name: entry.factory(settings) for name, entry in _REGISTRY.items()}
     return {name: launcher for name, launcher in built.items() if launcher is not None}
 
@@ -216,6 +246,7 @@ def launcher_errors(
     launcher = launchers.get(workers.launcher)
     if launcher is not None:
         return launcher.spec_errors(workers)
+    _load_entry_points()
     entry = _REGISTRY.get(workers.launcher)
     if entry is None:
         return [("workers.launcher", str(UnknownLauncherError(workers.launcher)))]
