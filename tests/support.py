@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -67,6 +68,16 @@ def wait_until_ended(
         )
     except (TimeoutError, httpx.TimeoutException) as exc:  # the study's, or one request's
         raise AssertionError(f"{exc!r}\n{explain() if explain else ''}") from None
+
+
+def fake_distribution(root: Path, name: str, module: str, entry_points: str) -> None:
+    """An installed-looking package in ``root`` (put it on PYTHONPATH): module ``name``
+    with the source ``module``, and ``entry_points`` (the text of entry_points.txt)."""
+    (root / f"{name}.py").write_text(textwrap.dedent(module))
+    info = root / f"{name}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(entry_points)
 
 
 def unavailable(reason: str) -> NoReturn:

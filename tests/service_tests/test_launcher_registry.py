@@ -7,8 +7,9 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
+
+from tests.support import fake_distribution
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,23 +39,18 @@ print(json.dumps({
 """
 
 
-def _package(root: Path) -> None:
-    (root / "cloudlaunch.py").write_text(textwrap.dedent(FAKE))
-    info = root / "cloudlaunch-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: cloudlaunch\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(
-        "[helios_hpo.launchers]\ncloud = cloudlaunch:cloud_launcher\n"
-        "plain = cloudlaunch:plain\nbroken = cloudlaunch:MISSING\n"
-    )
-
-
 def test_launchers_of_other_packages_register_through_the_entry_point_group(
     tmp_path: Path,
 ) -> None:
     # Adding a launcher meant editing service/launchers/__init__.py: none could ship as
     # a package of its own (a Kubernetes or cloud launcher).
-    _package(tmp_path)
+    fake_distribution(
+        tmp_path,
+        "cloudlaunch",
+        FAKE,
+        "[helios_hpo.launchers]\ncloud = cloudlaunch:cloud_launcher\n"
+        "plain = cloudlaunch:plain\nbroken = cloudlaunch:MISSING\n",
+    )
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
     done = subprocess.run(
         [sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, check=True

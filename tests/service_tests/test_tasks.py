@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from helios import Trainer
 from service.tasks import UnknownTaskError, all_tasks, get_task
+from tests.support import fake_distribution
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,19 +44,10 @@ def test_synthetic_task_reports_its_metrics() -> None:
     assert run.model.metrics["score"] == pytest.approx(-1 / 10)
 
 
-def _write_plugin_package(root: Path, body: str) -> None:
-    (root / "teamtasks.py").write_text(textwrap.dedent(body))
-    info = root / "teamtasks-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: teamtasks\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(
-        "[helios_hpo.tasks]\necho = teamtasks:ECHO\nbroken = teamtasks:MISSING\n"
-    )
-
-
 def test_entry_point_tasks_are_loaded_and_a_broken_one_is_skipped(tmp_path: Path) -> None:
-    _write_plugin_package(
+    fake_distribution(
         tmp_path,
+        "teamtasks",
         """
         from service.tasks import Task, TaskRun
 
@@ -74,6 +65,7 @@ def test_entry_point_tasks_are_loaded_and_a_broken_one_is_skipped(tmp_path: Path
             build=build,
         )
         """,
+        "[helios_hpo.tasks]\necho = teamtasks:ECHO\nbroken = teamtasks:MISSING\n",
     )
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
     code = "from service.tasks import all_tasks; print(sorted(all_tasks()))"
