@@ -3,8 +3,10 @@
 The worker process starts one process per rank (the environment ``torch.distributed``
 reads: RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and stays their parent:
 its pid is the one its launcher knows. SIGTERM is passed on to every rank; a rank that
-fails ends the others. The worker's exit code is 0 when every rank exited cleanly, a
-stop included, and 1 otherwise (torchrun's own exit code is non-zero after any SIGTERM).
+fails ends the others. The worker's exit code is 0 when every rank exited cleanly, or when
+it was stopped and rank 0 (which records the trial) exited cleanly; 1 otherwise
+(torchrun's own exit code is non-zero after any SIGTERM). A rank that does not exit
+within ``stop_timeout_s`` of a stop, or of another rank's failure, is killed.
 """
 
 from __future__ import annotations
@@ -50,15 +52,17 @@ def run_ranks(argv: Sequence[str], ranks: int, stop_timeout_s: float) -> int:
         for rank in range(ranks)
     ]
     stopping = False
+    kill_at: float | None = None
 
     def forward(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
+        # A rank blocked in a collective its peer left answers no signal: SIGKILL later.
+        nonlocal stopping, kill_at
         stopping = True
         _signal(procs, signal.SIGTERM)
+        kill_at = kill_at or time.monotonic() + stop_timeout_s
 
     signal.signal(signal.SIGTERM, forward)
-    kill_at: float | None = None
-    while any(p.poll() is None for p in procs):
+    while None in [p.poll() for p in procs]:  # every rank polled: any() stops early
         failed = [p for p in procs if p.returncode not in (None, 0)]
         if failed and kill_at is None:
             log.error(
@@ -73,11 +77,13 @@ def run_ranks(argv: Sequence[str], ranks: int, stop_timeout_s: float) -> int:
         time.sleep(POLL_S)  # a child's exit interrupts no wait of several children
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     codes = [p.returncode for p in procs]
+    if stopping and codes[0] == 0:
+        # Rank 0 recorded the trial and exited; the others were stopped with it.
+        log.info("stopped; the ranks exited with %s", codes)
+        return 0
     if any(codes):
         log.error("ranks exited with %s", codes)
         return 1
-    if stopping:
-        log.info("every rank stopped cleanly")
     return 0
 
 
