@@ -57,15 +57,9 @@ def _state(pid: int) -> str:
 
 
 def _ranks(tmp_path: Path) -> list[int]:
-    return wait_for(
-        lambda: (
-            [int((tmp_path / f"rank{r}").read_text()) for r in (0, 1)]
-            if all((tmp_path / f"rank{r}").exists() for r in (0, 1))
-            else None
-        ),
-        30,
-        "both ranks to start",
-    )
+    files = [tmp_path / f"rank{r}" for r in (0, 1)]
+    wait_for(lambda: all(f.exists() and f.read_text() for f in files), 30, "both ranks")
+    return [int(f.read_text()) for f in files]
 
 
 def test_a_stopped_worker_exits_0_and_a_rank_stuck_in_a_collective_is_killed(
