@@ -3,6 +3,7 @@ what the service reads (real processes and signals)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -68,16 +69,31 @@ def test_a_stopped_worker_exits_0_and_a_rank_stuck_in_a_collective_is_killed(
     # A rank blocked in a collective of a peer that had left never answered SIGTERM:
     # the worker waited for it forever, and its study never went on (seen in a full run).
     parent = _start(tmp_path, "stuck")
-    ranks = _ranks(tmp_path)
-    parent.send_signal(signal.SIGTERM)  # what the service sends to stop a worker
-    assert parent.wait(timeout=30) == 0  # stopped: exited, code 0
-    assert not any(_alive(pid) for pid in ranks)
+    try:
+        ranks = _ranks(tmp_path)
+        parent.send_signal(signal.SIGTERM)  # what the service sends to stop a worker
+        assert parent.wait(timeout=30) == 0  # stopped: exited, code 0
+        assert not any(_alive(pid) for pid in ranks)
+    finally:
+        _kill_all(parent, tmp_path)
 
 
 def test_a_failed_rank_ends_the_others_and_the_worker_exits_1(tmp_path: Path) -> None:
     # A rank's failure went unseen while rank 0 ran (only the first running rank was
     # polled): the worker never ended and never restarted.
     parent = _start(tmp_path, "fails")
-    assert parent.wait(timeout=30) == 1  # restarted by the supervisor, with its back-off
-    rank0 = int((tmp_path / "rank0").read_text())
-    assert not _alive(rank0)
+    try:
+        assert parent.wait(timeout=30) == 1  # restarted by the supervisor, with its back-off
+        rank0 = int((tmp_path / "rank0").read_text())
+        assert not _alive(rank0)
+    finally:
+        _kill_all(parent, tmp_path)
+
+
+def _kill_all(parent: subprocess.Popen[bytes], tmp_path: Path) -> None:
+    """Leave no process behind, whatever failed."""
+    parent.kill()
+    parent.wait()
+    for pid_file in tmp_path.glob("rank[0-9]"):
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
