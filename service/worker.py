@@ -552,7 +552,7 @@ def run_worker(study_name: str, worker_id: int, settings: Settings) -> int:
     if rank is not None:
         _join_ranks(settings)
         if rank > 0:
-            return _follow(study_name, settings)
+            return _leave(_follow(study_name, settings), rank)
     log.info(
         "worker %s for study %s on %s, CUDA_VISIBLE_DEVICES=%r",
         worker_id,
@@ -603,6 +603,17 @@ def run_worker(study_name: str, worker_id: int, settings: Settings) -> int:
         # A connection that a SIGTERM left checked out mid-query is closed now, while the
         # interpreter runs: at its shutdown the close printed a traceback into the log.
         gc.collect()
+    return _leave(code, rank)
+
+
+def _leave(code: int, rank: int | None) -> int:
+    """``code``; a rank stopped by SIGTERM exits at once instead. Stopped mid-trial, the
+    ranks' collectives may be out of step, and the process group's barrier at exit
+    would wait for the peer until the collective timeout (seen under load: both ranks
+    logged their stop, then waited until killed)."""
+    if rank is not None and _sigterm.reason is not None:
+        logging.shutdown()
+        os._exit(code)
     return code
 
 
