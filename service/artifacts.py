@@ -389,15 +389,12 @@ def missing_artifact_reason(
     if store.size(artifact_id) is not None:
         return None
     if trial_id is not None:
-        keep = ArtifactsSpec()
-        stored = session.scalar(
-            select(StudyRow.spec)
-            .join(ot.optuna_studies, ot.optuna_studies.c.study_name == StudyRow.name)
+        study = session.scalar(
+            select(ot.optuna_studies.c.study_name)
             .join(ot.optuna_trials, ot.optuna_trials.c.study_id == ot.optuna_studies.c.study_id)
             .where(ot.optuna_trials.c.trial_id == trial_id)
         )
-        if stored is not None:
-            keep = StudySpec.from_stored(stored).artifacts
+        keep = _kept_by(session, study)
         for found in _artifacts(session, trial_id, keep, store):
             if found.id == artifact_id and found.reason:
                 return f"artifact {artifact_id} {found.reason}"
@@ -456,6 +453,12 @@ def trial_artifact(
     return wanted
 
 
+def _kept_by(session: Session, study: str | None) -> ArtifactsSpec:
+    """What the service's study named ``study`` keeps (the defaults for another tool's)."""
+    stored = session.scalar(select(StudyRow.spec).where(StudyRow.name == study))
+    return StudySpec.from_stored(stored).artifacts if stored is not None else ArtifactsSpec()
+
+
 def _copied_from(session: Session, trial_id: int) -> tuple[str, int] | None:
     """The study and trial number a warm-start copy was copied from (None: no copy)."""
     attrs = ot.optuna_trial_system_attributes
@@ -484,8 +487,7 @@ def _original_artifact(
     optuna_id = ot.optuna_study_id(session, study)
     if optuna_id is None:
         raise NotFoundError(f"{copy}, which was deleted with its models")
-    stored = session.scalar(select(StudyRow.spec).where(StudyRow.name == study))
-    keep = StudySpec.from_stored(stored).artifacts if stored is not None else ArtifactsSpec()
+    keep = _kept_by(session, study)
     try:
         found = trial_artifact(session, optuna_id, original, artifact_id, keep, store, hops=hops)
     except NotFoundError as exc:

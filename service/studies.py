@@ -394,9 +394,7 @@ def update_study(session: Session, name: str, patch: StudyPatch) -> StudyRead:
     return read_study(session, row)
 
 
-def enqueue_trials(
-    session: Session, name: str, request: EnqueueRequest, storage: optuna.storages.BaseStorage
-) -> StudyRead:
+def enqueue_trials(session: Session, name: str, request: EnqueueRequest) -> StudyRead:
     """Queue parameter sets to run before sampled ones.
 
     Raises:

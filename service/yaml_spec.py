@@ -45,10 +45,6 @@ def _where(mark: Any) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "the body"
 
 
-def _path(parts: list[str | int]) -> str:
-    return ".".join(map(str, parts))
-
-
 def _plain(value: str, mark: Any) -> Any:
     """A plain (unquoted) scalar as the YAML 1.2 core schema reads it."""
     if _NULL.fullmatch(value):
@@ -69,51 +65,53 @@ def _plain(value: str, mark: Any) -> Any:
 
 
 class _Builder:
-    """Lists, mappings and scalars from the parser's events."""
+    """Lists, mappings and scalars from the parser's events.
+
+    ``stack`` holds each open container with the key its next value goes under (a
+    mapping's; None before the key, and always for a list); a key stays while its
+    value, a container, is open, so the path to any point is read from the stack.
+    """
 
     def __init__(self) -> None:
-        self.stack: list[tuple[Any, str | int | None, Any]] = []  # (container, key, its mark)
-        self.path: list[str | int] = []
+        self.stack: list[list[Any]] = []  # [container, key]
         self.root: Any = None
         self.documents = 0
 
-    def add(self, value: Any, mark: Any) -> None:
+    def add(self, value: Any, mark: Any, *, opens: bool = False) -> None:
         if not self.stack:
             self.root = value
             return
-        container, key, _ = self.stack[-1]
+        top = self.stack[-1]
+        container, key = top
         if isinstance(container, list):
             container.append(value)
-            return
-        if key is None:  # a mapping's key
+        elif key is None:  # a mapping's key
             if not isinstance(value, str):
                 raise YamlSpecError(
                     f"{_where(mark)}: keys must be strings, not {value!r}; quote the key"
                 )
             if value in container:
-                field = _path([*self.path, value])
-                raise YamlSpecError(f"{_where(mark)}: duplicate key {field!r}")
-            self.stack[-1] = (container, value, mark)
-            return
-        container[key] = value
-        self.stack[-1] = (container, None, None)
+                raise YamlSpecError(f"{_where(mark)}: duplicate key {self._path(value)!r}")
+            top[1] = value
+        else:
+            container[key] = value
+            if not opens:
+                top[1] = None
 
     def open(self, container: Any, mark: Any) -> None:
         if len(self.stack) >= MAX_DEPTH:
             raise YamlSpecError(f"{_where(mark)}: nested too deeply (over {MAX_DEPTH} levels)")
-        if self.stack:
-            parent, key, _ = self.stack[-1]
-            self.path.append(len(parent) if isinstance(parent, list) else str(key))
-        self.add(container, mark)
-        self.stack.append((container, None, None))
+        self.add(container, mark, opens=True)
+        self.stack.append([container, None])
 
     def close(self) -> None:
         self.stack.pop()
         if self.stack:
-            self.path.pop()
-            parent, key, _ = self.stack[-1]
-            if isinstance(parent, dict) and key is not None:  # the container was a value
-                self.stack[-1] = (parent, None, None)
+            self.stack[-1][1] = None  # the container was its parent's value
+
+    def _path(self, key: str) -> str:
+        parts = [k if isinstance(c, dict) else len(c) - 1 for c, k in self.stack[:-1]]
+        return ".".join(map(str, [*parts, key]))
 
 
 def _refuse_tag(event: Any) -> None:

@@ -131,11 +131,9 @@ async def update_study(name: StudyName, patch: StudyPatch, db: DatabaseDep) -> S
     response_model=StudyRead,
     responses=_ERRORS,
 )
-async def enqueue_trials(
-    name: StudyName, request: EnqueueRequest, db: DatabaseDep, storage: StorageDep
-) -> StudyRead:
+async def enqueue_trials(name: StudyName, request: EnqueueRequest, db: DatabaseDep) -> StudyRead:
     """Queue parameter sets to run next."""
-    return await db.run(studies.enqueue_trials, name, request, storage)
+    return await db.run(studies.enqueue_trials, name, request)
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
@@ -226,16 +224,13 @@ async def _file_response(
             status_code=status.HTTP_416_RANGE_NOT_SATISFIABLE,
             headers={**headers, "Content-Range": f"bytes */{size}", "Content-Length": "0"},
         )
-    if wanted is None:
-        headers["Content-Length"] = str(size)
-        chunks = _chunks(file, 0, size)
-        return StreamingResponse(chunks, media_type=artifact.mimetype, headers=headers)
-    start, end = wanted
-    headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    start, end = wanted or (0, size - 1)
+    if wanted is not None:
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     headers["Content-Length"] = str(end + 1 - start)
     return StreamingResponse(
         _chunks(file, start, end + 1 - start),
-        status_code=status.HTTP_206_PARTIAL_CONTENT,
+        status_code=status.HTTP_206_PARTIAL_CONTENT if wanted else status.HTTP_200_OK,
         media_type=artifact.mimetype,
         headers=headers,
     )
