@@ -34,11 +34,11 @@ sys.path.insert(0, str(REPO))
 
 from bench.study_summary import add_trials  # noqa: E402
 from service.api import create_app  # noqa: E402
-from service.migrations import upgrade  # noqa: E402
-from service.outcome import Outcome  # noqa: E402
-from service.reservation import Reservation  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from service.worker import _Worker  # noqa: E402
+from service.storage.migrations import upgrade  # noqa: E402
+from service.trials.outcome import Outcome  # noqa: E402
+from service.trials.reservation import Reservation  # noqa: E402
+from service.worker.loop import Worker  # noqa: E402
 
 NAME = "growing"
 
@@ -49,7 +49,7 @@ def raw_trial(study: optuna.Study) -> None:
     study.tell(trial, (x - 2) ** 2 + 0.5 * (y - 3) ** 2)
 
 
-def worker_trial(worker: _Worker) -> None:
+def worker_trial(worker: Worker) -> None:
     slot = worker.reservations.reserve(worker.trials_run)
     assert isinstance(slot, Reservation), f"the worker would stop: {slot}"
     trial = slot.trial
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         with TestClient(create_app(settings, supervise=False)) as client:
             spec = {"name": NAME, "task": "synthetic", "n_trials": 1_000_000}
             client.post("/studies", json=spec).raise_for_status()
-        worker = _Worker(NAME, 1, settings)
+        worker = Worker(NAME, 1, settings)
         raw = optuna.load_study(
             study_name=NAME,
             storage=worker.storage,

@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = args.database_url
-    from service.migrations import upgrade
+    from service.storage.migrations import upgrade
 
     upgrade(url)
     with tempfile.TemporaryDirectory() as tmp:

@@ -61,7 +61,7 @@ def helios_objective(trial: optuna.Trial) -> float:
     """The synthetic task trained by helios with OptunaPlugin, written by hand."""
     from helios import Trainer
     from helios.plugins.optuna import OptunaPlugin
-    from service.tasks import get_task
+    from service.tasks.registry import get_task
 
     task = get_task("synthetic")
     plugin = OptunaPlugin(trial, "loss")
@@ -78,7 +78,7 @@ OBJECTIVES = {"bare": objective, "helios": helios_objective}
 def raw_worker(database_url: str, study_name: str, n_trials: int, kind: str) -> None:
     """One raw Optuna process: optimize until the shared budget is spent."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from service.db import optuna_storage
+    from service.storage.db import optuna_storage
 
     study = optuna.load_study(
         study_name=study_name,
@@ -93,7 +93,7 @@ def raw_worker(database_url: str, study_name: str, n_trials: int, kind: str) -> 
 
 
 def run_raw(database_url: str, name: str, workers: int, n_trials: int, kind: str) -> float:
-    from service.db import optuna_storage
+    from service.storage.db import optuna_storage
 
     optuna.create_study(study_name=name, storage=optuna_storage(database_url))
     start = time.perf_counter()
@@ -112,7 +112,7 @@ def run_raw(database_url: str, name: str, workers: int, n_trials: int, kind: str
 
 def steady_rate(database_url: str, name: str) -> float:
     """Trials/s between the first and the last finished trial (start-up excluded)."""
-    from service.db import optuna_storage
+    from service.storage.db import optuna_storage
 
     study = optuna.load_study(study_name=name, storage=optuna_storage(database_url))
     done = sorted(
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
         url = args.database_url or f"sqlite:///{data_dir / 'bench.db'}"
-        from service.migrations import upgrade
+        from service.storage.migrations import upgrade
 
         upgrade(url)
         rows = []

@@ -62,8 +62,8 @@ def fit_digits(
     the last accuracy."""
     from helios import Trainer
     from helios.plugins import Plugin
-    from service.tasks import get_task
-    from service.worker import trial_seed
+    from service.tasks.registry import get_task
+    from service.worker.training import trial_seed
 
     task = get_task("digits")
     params = {**task.default_params, **params}
@@ -103,8 +103,8 @@ def fit_digits(
 def suggest_digits(trial: optuna.Trial) -> dict[str, Any]:
     """The digits task's search space, suggested on an Optuna trial."""
     from helios.plugins.optuna import OptunaPlugin
-    from service.conditions import suggest_space
-    from service.tasks import get_task
+    from service.spec.conditions import suggest_space
+    from service.tasks.registry import get_task
 
     suggest = OptunaPlugin(trial, "accuracy").suggest  # as a service worker suggests
     return suggest_space(suggest, get_task("digits").default_search_space)
@@ -112,9 +112,9 @@ def suggest_digits(trial: optuna.Trial) -> dict[str, Any]:
 
 def default_pruner() -> optuna.pruners.BasePruner:
     """The pruner the service gives a one-objective study that names none."""
-    from service.schemas import StudySpec
-    from service.space import build_pruner, resolve_spec
-    from service.tasks import get_task
+    from service.spec.models import StudySpec
+    from service.spec.space import build_pruner, resolve_spec
+    from service.tasks.registry import get_task
 
     spec = resolve_spec(StudySpec(name="peers", task="digits"), get_task("digits"))
     return build_pruner(spec.pruner)
@@ -153,7 +153,7 @@ def run_helios_hpo(concurrency: int, trials: int, epochs: int, seed: int, work: 
 def run_raw_optuna(concurrency: int, trials: int, epochs: int, seed: int, work: Path) -> Result:
     start = time.time()
     url = f"sqlite:///{work / 'optuna.db'}"
-    from service.db import optuna_storage
+    from service.storage.db import optuna_storage
 
     optuna.create_study(study_name="peers", storage=optuna_storage(url), direction="maximize")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -171,7 +171,7 @@ def optuna_process(url: str, trials: int, epochs: int, seed: int, index: int) ->
     """One raw Optuna process: optimize until the shared budget of trials is spent."""
     import torch
 
-    from service.db import optuna_storage
+    from service.storage.db import optuna_storage
 
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -201,7 +201,7 @@ def optuna_process(url: str, trials: int, epochs: int, seed: int, index: int) ->
 
 
 def _optuna_trials(url: str, name: str) -> Result:
-    from service.db import optuna_storage
+    from service.storage.db import optuna_storage
 
     study = optuna.load_study(study_name=name, storage=optuna_storage(url))
     finished = [

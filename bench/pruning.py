@@ -31,9 +31,9 @@ import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from service.conditions import suggest_space  # noqa: E402
-from service.tasks import get_task  # noqa: E402
-from service.worker import trial_seed  # noqa: E402
+from service.spec.conditions import suggest_space  # noqa: E402
+from service.tasks.registry import get_task  # noqa: E402
+from service.worker.training import trial_seed  # noqa: E402
 
 PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
     "NopPruner (baseline)": optuna.pruners.NopPruner,

@@ -31,10 +31,10 @@ sys.path.insert(0, str(REPO))
 from fastapi.testclient import TestClient  # noqa: E402
 
 from service.api import create_app  # noqa: E402
-from service.db import make_engine, normalize_url, optuna_storage  # noqa: E402
-from service.migrations import upgrade  # noqa: E402
-from service.optuna_writes import add_trials  # noqa: E402
 from service.settings import Settings  # noqa: E402
+from service.storage.db import make_engine, normalize_url, optuna_storage  # noqa: E402
+from service.storage.migrations import upgrade  # noqa: E402
+from service.storage.optuna_writes import add_trials  # noqa: E402
 
 SPACE = {
     "x": optuna.distributions.FloatDistribution(-10, 10),

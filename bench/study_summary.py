@@ -44,11 +44,11 @@ sys.path.insert(0, str(REPO))
 
 from bench.load import LoadResult, open_loop  # noqa: E402
 from bench.orchestration import running_service  # noqa: E402
-from service import optuna_tables as ot  # noqa: E402
 from service.api import create_app  # noqa: E402
-from service.db import normalize_url, optuna_storage  # noqa: E402
-from service.migrations import upgrade  # noqa: E402
 from service.settings import Settings  # noqa: E402
+from service.storage import optuna_tables as ot  # noqa: E402
+from service.storage.db import normalize_url, optuna_storage  # noqa: E402
+from service.storage.migrations import upgrade  # noqa: E402
 
 NAME = "big"
 
@@ -154,7 +154,10 @@ def add_trials(url: str, name: str, n_trials: int, steps: int, seed: int = 0) ->
                 if values:
                     conn.execute(sqlalchemy.insert(ot.optuna_trial_values), values)
                 if steps_rows:
-                    conn.execute(sqlalchemy.insert(ot.optuna_trial_intermediate_values), steps_rows)
+                    conn.execute(
+                        sqlalchemy.insert(ot.optuna_trial_intermediate_values),
+                        steps_rows,
+                    )
             number += size
             bar.update(size)
     engine.dispose()

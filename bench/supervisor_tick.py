@@ -28,12 +28,12 @@ import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from service import studies  # noqa: E402
-from service.db import make_engine, make_session_factory, optuna_storage, session_scope  # noqa: E402
 from service.launchers import GpuScheduler, Launcher, WorkerHandle, WorkerLaunch  # noqa: E402
-from service.migrations import upgrade  # noqa: E402
-from service.schemas import StudySpec, WorkersSpec  # noqa: E402
-from service.supervisor import Supervisor  # noqa: E402
+from service.spec.models import StudySpec, WorkersSpec  # noqa: E402
+from service.storage.db import make_engine, make_session_factory, optuna_storage, session_scope  # noqa: E402
+from service.storage.migrations import upgrade  # noqa: E402
+from service.studies import operations  # noqa: E402
+from service.supervisor.supervisor import Supervisor  # noqa: E402
 
 
 class NullLauncher:
@@ -92,7 +92,7 @@ def measure(url: str, count: int, ticks: int, data_dir: Path) -> list[float]:
             {"name": f"tick-{count}-{i}", "task": "synthetic", "workers": {"count": 2}}
         )
         with session_scope(sessions) as session:
-            studies.create_study(session, spec, storage, launchers=launchers)
+            operations.create_study(session, spec, storage, launchers=launchers)
     supervisor = Supervisor(
         engine,
         sessions,
@@ -124,7 +124,7 @@ def database(server: str | None, sqlite_path: Path) -> Iterator[str]:
         return
     from sqlalchemy import create_engine, text
 
-    from service.db import normalize_url
+    from service.storage.db import normalize_url
 
     admin_url = normalize_url(server)
     name = f"helios_hpo_tick_{uuid.uuid4().hex[:8]}"

@@ -82,9 +82,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     from service.api import create_app
     from service.api.security import ScrubFilter
-    from service.db import redact_url
-    from service.migrations import upgrade
     from service.settings import get_settings
+    from service.storage.db import redact_url
+    from service.storage.migrations import upgrade
 
     settings = get_settings()
     host = args.host or settings.host
@@ -97,8 +97,8 @@ def _serve(args: argparse.Namespace) -> int:
     upgrade(settings.database_url)
     print(f"helios-hpo: database {redact_url(settings.database_url)}, data in {settings.data_dir}")
     if args.dashboard_port is not None:
-        from service.artifacts import ModelStore
-        from service.dashboard import start_dashboard
+        from service.api.dashboard import start_dashboard
+        from service.artifacts.store import ModelStore
 
         models = ModelStore.of(settings)
         start_dashboard(
@@ -127,10 +127,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    from service.artifacts import ModelStore
-    from service.dashboard import start_dashboard
-    from service.db import redact_url
+    from service.api.dashboard import start_dashboard
+    from service.artifacts.store import ModelStore
     from service.settings import get_settings
+    from service.storage.db import redact_url
 
     settings = get_settings()
     tokens = _tokens(settings)
@@ -153,15 +153,15 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     from service.settings import get_settings
-    from service.worker import run_worker
+    from service.worker.main import run_worker
 
     return run_worker(args.study, args.worker_id, get_settings())
 
 
 def _db(args: argparse.Namespace) -> int:
-    from service.db import redact_url
-    from service.migrations import upgrade
     from service.settings import get_settings
+    from service.storage.db import redact_url
+    from service.storage.migrations import upgrade
 
     url = get_settings().database_url
     upgrade(url, args.revision)
@@ -227,7 +227,7 @@ def _load_spec(path: Path) -> dict[str, Any]:
         raise CliError(f"cannot read {path}: {(exc.strerror or str(exc)).lower()}") from None
     except UnicodeDecodeError:
         raise CliError(f"cannot read {path}: it is not UTF-8 text") from None
-    from service.yaml_spec import BodyError, YamlSpecError, check_json, yaml_to_json
+    from service.spec.yaml_reader import BodyError, YamlSpecError, check_json, yaml_to_json
 
     if path.suffix in (".yaml", ".yml"):
         try:

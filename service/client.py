@@ -160,7 +160,7 @@ class Client:
             return follow_study(read, interval_s=interval_s, timeout_s=timeout_s)
         import tqdm
 
-        from service.lifecycle import finished_trials
+        from service.studies.lifecycle import finished_trials
 
         with tqdm.tqdm(desc=name, unit="trial") as bar:
 

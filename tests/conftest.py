@@ -9,10 +9,11 @@ import pytest
 import torch
 from _pytest.nodeid import coerce_node_id
 
-from tests.databases import postgres_url
 from tests.dockerd import Dockerd, build_images, cache_dir, engine_tools
 
-__all__ = ["postgres_url"]
+# Fixtures of their own modules, registered here for every test: database_url,
+# postgres_url (tests/databases.py).
+pytest_plugins = ["tests.databases"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

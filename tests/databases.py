@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from service.db import normalize_url
+from service.storage.db import normalize_url
 from tests.support import unavailable
 
 POSTGRES_URL = os.environ.get("HELIOS_HPO_TEST_POSTGRES_URL")

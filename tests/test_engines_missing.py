@@ -14,7 +14,8 @@ from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 NEEDS_POSTGRES = """
-from tests.databases import postgres_url
+pytest_plugins = ["tests.databases"]
+
 
 def test_needs_postgres(postgres_url):
     pass

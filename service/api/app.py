@@ -14,12 +14,12 @@ from service import __version__
 from service.api.errors import COMMON_ERRORS, install_error_handlers
 from service.api.routes import studies, tasks, workers
 from service.api.security import ApiGuard
-from service.artifacts import ModelStore
-from service.db import DB_ERRORS, make_engine, make_session_factory, optuna_storage
+from service.artifacts.store import ModelStore
 from service.launchers import Launcher, from_settings
 from service.settings import Settings, get_settings
-from service.studies import retry_failed_trial
-from service.supervisor import Supervisor
+from service.storage.db import DB_ERRORS, make_engine, make_session_factory, optuna_storage
+from service.studies.operations import retry_failed_trial
+from service.supervisor.supervisor import Supervisor
 
 __all__ = ["create_app"]
 

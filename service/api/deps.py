@@ -11,12 +11,12 @@ from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from service.artifacts import ModelStore
-from service.db import after_commit, session_scope
+from service.artifacts.store import ModelStore
 from service.launchers import Launcher
-from service.schemas import NAME_PATTERN
 from service.settings import Settings
-from service.supervisor import Supervisor
+from service.spec.models import NAME_PATTERN
+from service.storage.db import after_commit, session_scope
+from service.supervisor.supervisor import Supervisor
 
 __all__ = [
     "Database",

@@ -15,7 +15,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from service.errors import ConflictError, DomainError, NotFoundError, SpecError
-from service.schemas import ErrorBody, FieldError, UnreadableSpecError
+from service.read_models import ErrorBody, FieldError
+from service.spec.models import UnreadableSpecError
 
 __all__ = ["COMMON_ERRORS", "install_error_handlers"]
 

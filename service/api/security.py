@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from service.yaml_spec import BodyError, check_json, yaml_to_json
+from service.spec.yaml_reader import BodyError, check_json, yaml_to_json
 
 __all__ = ["READ_METHODS", "ApiGuard", "ScrubFilter", "guard_wsgi", "role_of", "scrub_query"]
 

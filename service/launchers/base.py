@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 from service.launchers.gpus import GpuScheduler, Lease
 
 if TYPE_CHECKING:
-    from service.schemas import WorkersSpec
     from service.settings import Settings
+    from service.spec.models import WorkersSpec
 
 __all__ = [
     "LOST",

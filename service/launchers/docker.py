@@ -27,8 +27,8 @@ from service.launchers.base import (
     worker_log_path,
 )
 from service.launchers.gpus import GpuScheduler, Lease
-from service.schemas import WorkersSpec
 from service.settings import DockerHost, DockerSettings, Settings
+from service.spec.models import WorkersSpec
 
 __all__ = ["LABEL", "DockerLauncher", "container_spec", "docker_launcher"]
 

@@ -27,8 +27,8 @@ from service.launchers.base import (
     worker_log_path,
 )
 from service.launchers.gpus import GpuScheduler
-from service.schemas import WorkersSpec
 from service.settings import WORKER_COMMAND, Settings
+from service.spec.models import WorkersSpec
 
 __all__ = ["WORKER_COMMAND", "LocalLauncher", "process_start_time"]
 

@@ -37,8 +37,8 @@ from service.launchers.base import (
     worker_log_path,
 )
 from service.launchers.gpus import GpuScheduler, Lease
-from service.schemas import WorkersSpec
 from service.settings import Settings, SlurmSettings
+from service.spec.models import WorkersSpec
 
 __all__ = ["NOT_SHARED", "SlurmLauncher", "job_script", "slurm_launcher"]
 

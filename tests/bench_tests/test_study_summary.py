@@ -8,11 +8,8 @@ import optuna
 import pytest
 
 from bench.study_summary import add_trials
-from service.db import optuna_storage
+from service.storage.db import optuna_storage
 from tests.bench_tests.support import run_bench
-from tests.databases import database_url
-
-__all__ = ["database_url"]
 
 
 def test_trials_added_in_bulk_read_back_through_optuna_as_it_writes_them(

@@ -7,10 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.databases import database_url
 from tests.e2e.harness import Service, kill_workers, start_service, stop_service
-
-__all__ = ["database_url"]
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from service.db import make_engine
-from service.models import WorkerRow
+from service.storage.db import make_engine
+from service.storage.rows import WorkerRow
 from tests.support import free_port, wait_for, wait_until_ended
 
 __all__ = [
@@ -154,6 +154,6 @@ def optuna_trials(svc: Service, name: str) -> list[Any]:
     """The study's trials as Optuna itself loads them from the same database."""
     import optuna
 
-    from service.db import optuna_storage
+    from service.storage.db import optuna_storage
 
     return list(optuna.load_study(study_name=name, storage=optuna_storage(svc.database_url)).trials)

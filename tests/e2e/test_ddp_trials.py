@@ -79,7 +79,7 @@ def test_a_study_trains_on_two_ranks_and_sigterm_requeues_the_trial(service: Ser
     assert not _ranks_of(f"{_instance(service)}:{first['id']}")  # every rank stopped
     log = _worker_logs(service, "ddp")
     assert "training each trial on 2 ranks" in log
-    assert re.search(r"rank=1 trial=\d+ service.worker: training on the CPU", log)
+    assert re.search(r"rank=1 trial=\d+ service.worker.training: training on the CPU", log)
     # Rank 0 alone talks to the database; rank 1 made no statement at all.
     assert re.search(r"rank 0 made [1-9]\d* database statements", log), log[-3000:]
     assert re.search(r"rank=1 .*rank 1 made 0 database statements", log), log[-3000:]

@@ -23,7 +23,7 @@ import pytest
 
 from service.launchers.base import instance_label
 from service.launchers.docker import LABEL
-from service.lifecycle import finished_trials
+from service.studies.lifecycle import finished_trials
 from tests.dockerd import (
     DOCKER_BUILD_TIMEOUT,
     DOCKER_GROUP,

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from helios import Trainer
-from service.models import LIVE_STATES as LIVE
-from service.tasks import get_task
-from service.worker import trial_seed
+from service.storage.rows import LIVE_STATES as LIVE
+from service.tasks.registry import get_task
+from service.worker.training import trial_seed
 from tests.databases import sqlite_only
 from tests.e2e.harness import (
     Service,

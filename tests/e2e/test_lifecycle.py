@@ -14,10 +14,10 @@ import optuna
 import pytest
 from sqlalchemy import select
 
-from service.db import make_engine, optuna_storage
-from service.models import LIVE_STATES as LIVE
-from service.models import StudyRow, WorkerRow
-from service.optuna_writes import add_trials
+from service.storage.db import make_engine, optuna_storage
+from service.storage.optuna_writes import add_trials
+from service.storage.rows import LIVE_STATES as LIVE
+from service.storage.rows import StudyRow, WorkerRow
 from tests.e2e.harness import (
     Service,
     start_service,

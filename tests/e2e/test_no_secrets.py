@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.db import normalize_url
+from service.storage.db import normalize_url
 from tests.databases import _postgres_database
 from tests.e2e.harness import start_service, stop_service, wait_for, wait_for_status
 from tests.specs import synthetic

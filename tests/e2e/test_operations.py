@@ -12,8 +12,8 @@ import httpx
 import optuna
 import pytest
 
-from service.db import optuna_storage
-from service.models import LIVE_STATES as LIVE
+from service.storage.db import optuna_storage
+from service.storage.rows import LIVE_STATES as LIVE
 from tests.e2e.harness import (
     Service,
     optuna_trials,

@@ -22,8 +22,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from service.db import normalize_url
-from service.models import LIVE_STATES as LIVE
+from service.storage.db import normalize_url
+from service.storage.rows import LIVE_STATES as LIVE
 from tests.e2e.harness import Service, kill_workers, service_logs, start_service, stop_service
 from tests.specs import synthetic
 from tests.support import debian_tool, free_port, wait_for, wait_until_ended
@@ -75,7 +75,7 @@ def pgbouncer(pgbouncer_bin: str, database_url: str) -> Iterator[str]:
 
 
 def _answers(url: str) -> bool:
-    from service.db import make_engine
+    from service.storage.db import make_engine
 
     engine = make_engine(url)
     try:
@@ -167,7 +167,7 @@ def test_opening_optuna_storage_needs_one_server_connection_at_a_time(
     # Optuna's schema check read on a second connection while its first held a
     # transaction: workers starting together held every server connection that way,
     # each waiting for one more, until PgBouncer gave up (CI saw the service hang 30 s).
-    from service.db import Pool, make_engine, optuna_storage
+    from service.storage.db import Pool, make_engine, optuna_storage
 
     optuna_storage(database_url).engine.dispose()  # Optuna's tables, made directly
     engines = [make_engine(pgbouncer, Pool(size=1, overflow=0)) for _ in range(POOL_SIZE - 1)]

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from service.migrations import upgrade
+from service.storage.migrations import upgrade
 from tests.e2e.harness import kill_workers, start_service, stop_service, wait_for, wait_for_status
 from tests.specs import synthetic
 from tests.support import free_port, unavailable

@@ -13,8 +13,8 @@ import pytest
 import torch
 import yaml
 
-from service.db import optuna_storage
-from service.tasks import get_task
+from service.storage.db import optuna_storage
+from service.tasks.registry import get_task
 from tests.databases import sqlite_only
 from tests.e2e.harness import (
     Service,

@@ -76,10 +76,12 @@ def test_three_workers_on_two_gpus_queue_and_share_no_secret(
 ) -> None:
     spec = synthetic(
         "slurm-study",
-        # One worker runs 2 trials of ~6 s, one 1: the waiting job runs in between.
+        # One worker runs 2 trials of ~20 s, one 1: the waiting job starts when the
+        # second exits, while the first trains its last trial. That window is one trial
+        # long: with trials of 6 s a loaded machine started the job after the study ended.
         n_trials=3,
         epochs=20,
-        sleep_s=0.3,
+        sleep_s=1.0,
         pruner={"name": "NopPruner"},  # a pruned trial would end before the waiting job ran
         workers={"count": 3, "gpus_per_worker": 1, "launcher": "slurm"},
     )

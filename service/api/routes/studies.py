@@ -12,7 +12,6 @@ from fastapi import Path as FastApiPath
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from service import studies
 from service.api.deps import (
     DatabaseDep,
     LaunchersDep,
@@ -21,20 +20,19 @@ from service.api.deps import (
     StorageDep,
     StudyName,
 )
-from service.artifacts import ARTIFACT_ID_PATTERN, ModelStore, digest_header
+from service.artifacts.store import ARTIFACT_ID_PATTERN, ModelStore, digest_header
 from service.errors import NotFoundError
-from service.schemas import (
+from service.read_models import (
     ArtifactRead,
     BestRead,
-    EnqueueRequest,
     ErrorBody,
     Page,
-    StudyPatch,
     StudyRead,
-    StudySpec,
     StudySummary,
     TrialRead,
 )
+from service.spec.models import EnqueueRequest, StudyPatch, StudySpec
+from service.studies import operations, reads
 
 router = APIRouter(prefix="/studies", tags=["studies"])
 
@@ -64,7 +62,7 @@ async def create_study(
     spec: StudySpec, db: DatabaseDep, storage: StorageDep, launchers: LaunchersDep
 ) -> StudyRead:
     """Create a study and start its workers."""
-    return await db.run(studies.create_study, spec, storage, launchers=launchers)
+    return await db.run(operations.create_study, spec, storage, launchers=launchers)
 
 
 @router.get("", response_model=Page[StudySummary], responses=_ERRORS)
@@ -72,7 +70,7 @@ async def list_studies(
     db: DatabaseDep, limit: Limit = 50, offset: Offset = 0
 ) -> Page[StudySummary]:
     """List studies, newest first."""
-    return await db.run(studies.list_studies, limit=limit, offset=offset)
+    return await db.run(reads.list_studies, limit=limit, offset=offset)
 
 
 @router.get("/{name}", response_model=StudyRead, responses=_ERRORS)
@@ -80,7 +78,7 @@ async def read_study(
     name: StudyName, db: DatabaseDep, settings: SettingsDep, models: ModelsDep
 ) -> StudyRead:
     """A study's spec, status, trial counts, best value, workers and bytes on disk."""
-    return await db.run(studies.summary, name, settings.data_dir, models)
+    return await db.run(reads.summary, name, settings.data_dir, models)
 
 
 @router.get("/{name}/trials", response_model=Page[TrialRead], responses=_ERRORS)
@@ -92,37 +90,37 @@ async def read_trials(
     offset: Offset = 0,
 ) -> Page[TrialRead]:
     """A page of the study's trials by number, optionally of one state."""
-    return await db.run(studies.read_trials, name, state=state, limit=limit, offset=offset)
+    return await db.run(reads.read_trials, name, state=state, limit=limit, offset=offset)
 
 
 @router.get("/{name}/best", response_model=BestRead, responses=_ERRORS)
 async def read_best(name: StudyName, db: DatabaseDep) -> BestRead:
     """The best trial, or the Pareto front of a multi-objective study."""
-    return await db.run(studies.read_best, name)
+    return await db.run(reads.read_best, name)
 
 
 @router.post("/{name}/stop", response_model=StudyRead, responses=_ERRORS)
 async def stop_study(name: StudyName, db: DatabaseDep) -> StudyRead:
     """Stop a study now; in-flight trials end FAIL."""
-    return await db.run(studies.stop_study, name)
+    return await db.run(operations.stop_study, name)
 
 
 @router.post("/{name}/pause", response_model=StudyRead, responses=_ERRORS)
 async def pause_study(name: StudyName, db: DatabaseDep) -> StudyRead:
     """Pause: workers finish their current trial and exit."""
-    return await db.run(studies.pause_study, name)
+    return await db.run(operations.pause_study, name)
 
 
 @router.post("/{name}/resume", response_model=StudyRead, responses=_ERRORS)
 async def resume_study(name: StudyName, db: DatabaseDep) -> StudyRead:
     """Resume a paused, stopped or failed study."""
-    return await db.run(studies.resume_study, name)
+    return await db.run(operations.resume_study, name)
 
 
 @router.patch("/{name}", response_model=StudyRead, responses=_ERRORS)
 async def update_study(name: StudyName, patch: StudyPatch, db: DatabaseDep) -> StudyRead:
     """Change n_trials, timeout_s or workers.count of a study, live."""
-    return await db.run(studies.update_study, name, patch)
+    return await db.run(operations.update_study, name, patch)
 
 
 @router.post(
@@ -133,7 +131,7 @@ async def update_study(name: StudyName, patch: StudyPatch, db: DatabaseDep) -> S
 )
 async def enqueue_trials(name: StudyName, request: EnqueueRequest, db: DatabaseDep) -> StudyRead:
     """Queue parameter sets to run next."""
-    return await db.run(studies.enqueue_trials, name, request)
+    return await db.run(operations.enqueue_trials, name, request)
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
@@ -142,7 +140,7 @@ async def delete_study(
 ) -> Response:
     """Delete a study that is not running, with its Optuna study, logs, checkpoints and
     stored models."""
-    await db.run(studies.delete_study, name, storage, settings.data_dir, models)
+    await db.run(operations.delete_study, name, storage, settings.data_dir, models)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -155,7 +153,7 @@ async def read_artifacts(
     name: StudyName, number: TrialNumber, db: DatabaseDep, models: ModelsDep
 ) -> list[ArtifactRead]:
     """The files a trial stored (its trained model), each with whether it is still kept."""
-    return await db.run(studies.read_artifacts, name, number, models)
+    return await db.run(reads.read_artifacts, name, number, models)
 
 
 @router.get(
@@ -173,7 +171,7 @@ async def download_artifact(
 ) -> StreamingResponse:
     """Download a trial's artifact (streamed, with its length and SHA-256 in Repr-Digest;
     ``Range: bytes=N-`` goes on from byte N)."""
-    artifact = await db.run(studies.read_artifact, name, number, artifact_id, models)
+    artifact = await db.run(reads.read_artifact, name, number, artifact_id, models)
     return await _file_response(number, artifact, models, range_header)
 
 
@@ -192,7 +190,7 @@ async def download_best_model(
 ) -> StreamingResponse:
     """Download the best trial's model; ``X-Trial-Number`` says which trial it is
     (``Range: bytes=N-`` goes on from byte N)."""
-    number, artifact = await db.run(studies.read_best_model, name, trial, models)
+    number, artifact = await db.run(reads.read_best_model, name, trial, models)
     return await _file_response(number, artifact, models, range_header)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from service.schemas import TaskRead
-from service.tasks import all_tasks
+from service.read_models import TaskRead
+from service.tasks.registry import all_tasks
 
 router = APIRouter(tags=["tasks"])
 

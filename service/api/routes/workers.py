@@ -13,10 +13,10 @@ from fastapi import Path as FastApiPath
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from service import studies
 from service.api.deps import Database, DatabaseDep, LaunchersDep, StoppingDep, StudyName
-from service.logs import FileLines, LauncherLines, log_tail, of_trial
-from service.schemas import ErrorBody, LogRead, WorkerRead
+from service.launchers.logs import FileLines, LauncherLines, log_tail, of_trial
+from service.read_models import ErrorBody, LogRead, WorkerRead
+from service.studies import reads
 
 router = APIRouter(tags=["workers"])
 
@@ -27,7 +27,7 @@ _POLL_S = 0.25
 @router.get("/studies/{name}/workers", response_model=list[WorkerRead], responses=_ERRORS)
 async def list_workers(name: StudyName, db: DatabaseDep) -> list[WorkerRead]:
     """A study's workers: launcher, host, pid, GPUs, state and exit code."""
-    return await db.run(studies.list_workers, name)
+    return await db.run(reads.list_workers, name)
 
 
 @router.get(
@@ -45,7 +45,7 @@ async def worker_logs(
     follow: Annotated[bool, Query(description="stream new lines as server-sent events")] = False,
 ) -> Any:
     """The last ``tail`` lines of a worker's log; ``follow=true`` streams new lines."""
-    worker = await db.run(studies.get_worker, worker_id)
+    worker = await db.run(reads.get_worker, worker_id)
     path = Path(worker.log_path)
     # A live container's log comes through its launcher; other logs are files.
     launcher = launchers.get(worker.launcher)
@@ -82,7 +82,7 @@ async def _follow(
     HELIOS_HPO_API_THREADS like every other request's; each read holds at most
     ``CHUNK_BYTES`` of the log.
     """
-    ended = await db.run(studies.worker_ended, worker_id)
+    ended = await db.run(reads.worker_ended, worker_id)
     lines = await run_in_threadpool(new_lines.start, tail, trial, ended)
     while True:
         for line in lines:
@@ -95,5 +95,5 @@ async def _follow(
             return
         if not new_lines.behind:
             await asyncio.sleep(_POLL_S)
-            ended = await db.run(studies.worker_ended, worker_id)
+            ended = await db.run(reads.worker_ended, worker_id)
         lines = of_trial(await run_in_threadpool(new_lines, ended), trial)

@@ -1,0 +1,1 @@
+"""The supervisor: keeps each study's workers as its row says."""
