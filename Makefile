@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 HELIOS_HPO_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 export HELIOS_HPO_TEST_POSTGRES_URL
 
-.PHONY: install serve test test-fast lint typecheck pytest docs docs-serve bench clean
+.PHONY: install serve test test-fast lint typecheck pytest docs docs-serve bench compat clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ test: lint typecheck pytest
 # The edit-test loop: no engines, no PostgreSQL, no slow tests.
 test-fast: install
 	HELIOS_HPO_TEST_POSTGRES_URL= $(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow and not docker and not postgres"
+
+# helios-ml 1.4.1's own test suite against our helios and against helios-ml itself
+# (a throwaway environment, cached in ~/.cache/helios-hpo), side by side.
+compat: install
+	$(PY) bench/helios_compat.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache site

@@ -4,7 +4,7 @@ Programs written for helios-ml import these as ``helios.core`` (``import helios.
 hlc``); every name helios-ml 1.4.1 exports here is here.
 """
 
-from helios.core import cuda, distributed, rng
+from helios.core import cuda, distributed, logging, rng
 from helios.core.utils import (
     AverageTimer,
     ChdirContext,
@@ -25,6 +25,7 @@ __all__ = [
     "distributed",
     "get_env_info_str",
     "get_from_optional",
+    "logging",
     "rng",
     "safe_torch_load",
     "update_all_registries",
