@@ -32,8 +32,9 @@ VERSION = "1.4.1"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "helios-hpo"
 # The CPU build pinned by the Makefile: the baseline must not pull a CUDA build.
 TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
-# Results per test file: passed, failed (errors included), skipped.
+# Results per test file: passed, failed (errors included), skipped; and the ids failed.
 Counts = dict[str, dict[str, int]]
+Failed = dict[str, list[str]]
 
 
 def upstream_source() -> Path:
@@ -70,8 +71,8 @@ def baseline_python() -> Path:
     return python
 
 
-def run_suite(python: Path, source: Path, env: dict[str, str]) -> Counts:
-    """Run upstream's tests with ``python``; counts per file."""
+def run_suite(python: Path, source: Path, env: dict[str, str]) -> tuple[Counts, Failed]:
+    """Run upstream's tests with ``python``; counts per file, and the failed tests."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "test"
         shutil.copytree(source / "test", work)
@@ -87,12 +88,13 @@ def run_suite(python: Path, source: Path, env: dict[str, str]) -> Counts:
             stderr=subprocess.DEVNULL,
             check=False,
         )
-        return parse_report(report) if report.exists() else {}
+        return parse_report(report) if report.exists() else ({}, {})
 
 
-def parse_report(report: Path) -> Counts:
-    """Counts per test file of a JUnit XML report."""
+def parse_report(report: Path) -> tuple[Counts, Failed]:
+    """Counts per test file of a JUnit XML report, and the ids of the failed tests."""
     counts: Counts = {}
+    failed: Failed = {}
     for case in ET.parse(report).getroot().iter("testcase"):  # noqa: S314 (pytest wrote it)
         # A test's class name is its module (test.test_core.TestUtils); a file that
         # could not be collected is a case named after the module.
@@ -105,7 +107,10 @@ def parse_report(report: Path) -> Counts:
             elif child.tag == "skipped":
                 outcome = "skipped"
         counts.setdefault(file, Counter())[outcome] += 1
-    return {f: dict(c) for f, c in sorted(counts.items())}
+        if outcome == "failed":
+            test_id = f"{case.get('classname', '').rsplit('.', 1)[-1]}::{case.get('name', '')}"
+            failed.setdefault(file, []).append(test_id)
+    return {f: dict(c) for f, c in sorted(counts.items())}, failed
 
 
 def table(ours: Counts, theirs: Counts | None) -> str:
@@ -151,20 +156,26 @@ def main() -> int:
         bar.update()
         bar.set_description(steps[1])
         env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
-        ours = run_suite(Path(sys.executable), source, env)
+        ours, ours_failed = run_suite(Path(sys.executable), source, env)
         bar.update()
-        theirs = None
+        theirs, theirs_failed = None, None
         if not args.ours_only:
             bar.set_description(steps[2])
             python = baseline_python()
             bar.update()
             bar.set_description(steps[3])
             clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-            theirs = run_suite(python, source, {**clean, "OMP_NUM_THREADS": "1"})
+            theirs, theirs_failed = run_suite(python, source, {**clean, "OMP_NUM_THREADS": "1"})
             bar.update()
     print(table(ours, theirs))
     if args.json:
-        args.json.write_text(json.dumps({"ours": ours, "helios-ml": theirs}, indent=1))
+        both = {
+            "ours": ours,
+            "helios-ml": theirs,
+            "ours_failed": ours_failed,
+            "helios-ml_failed": theirs_failed,
+        }
+        args.json.write_text(json.dumps(both, indent=1))
     return 0
 
 
