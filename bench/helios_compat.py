@@ -30,7 +30,9 @@ from tqdm import tqdm
 
 VERSION = "1.4.1"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "helios-hpo"
-# The CPU build pinned by the Makefile: the baseline must not pull a CUDA build.
+# The torch release the Makefile pins. The baseline takes the package index's build of
+# it (CUDA's, which runs on the CPU too): torchvision's wheels there load their operators
+# only with that build, and helios-ml imports torchvision with helios.core.
 TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
 # Results per test file: passed, failed (errors included), skipped; and the ids failed.
 Counts = dict[str, dict[str, int]]
@@ -64,7 +66,9 @@ def baseline_python() -> Path:
         return python
     shutil.rmtree(venv, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(python), "-m", "pip", "install", "-q"]
+    # --isolated: no local wheel folder or constraints file of this machine (its CPU
+    # build of torch cannot load torchvision's operators).
+    pip = [str(python), "-m", "pip", "install", "--isolated", "-q"]
     # torch pinned in the same resolution: torchvision's newest release wants a newer one.
     subprocess.run([*pip, TORCH_SPEC, f"helios-ml[tune]=={VERSION}", "pytest"], check=True)
     done.touch()
