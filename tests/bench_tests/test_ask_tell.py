@@ -9,7 +9,7 @@ from tests.bench_tests.support import run_bench
 
 @pytest.mark.slow
 def test_ask_tell_small_run_prints_both_per_study_size() -> None:
-    lines = run_bench("ask_tell.py", "--sizes", "0,50", "--trials", "3", timeout_s=300)
+    lines = run_bench("ask_tell.py", "--sizes", "0,50", "--trials", "3")
     assert lines[0] == "database=sqlite sampler=TPESampler pruner=MedianPruner timed=3"
     rows = [line.split() for line in lines[2:]]
     assert [int(row[0]) for row in rows] == [0, 50]

@@ -20,7 +20,6 @@ def test_many_workers_small_run_counts_connections_of_both_runs(postgres_url: st
         "6",
         "--database-url",
         postgres_url,
-        timeout_s=300,
     )
     assert lines[0] == "database=postgresql workers=3 trials=6"
     rows = {line[:26].strip(): line[26:].split(maxsplit=6) for line in lines[2:4]}

@@ -9,7 +9,7 @@ from tests.bench_tests.support import run_bench
 
 @pytest.mark.slow
 def test_pruning_small_run_compares_each_pruner_with_the_baseline() -> None:
-    lines = run_bench("pruning.py", "--seeds", "1", "--trials", "8", "--epochs", "3", timeout_s=600)
+    lines = run_bench("pruning.py", "--seeds", "1", "--trials", "8", "--epochs", "3")
     assert lines[0].startswith("task=digits seeds=1 trials/seed=8 epochs/trial=3")
     rows = {line[:26].strip(): line[26:].split() for line in lines[2:]}
     pruners = (
@@ -33,7 +33,7 @@ def test_pruning_small_run_compares_each_pruner_with_the_baseline() -> None:
 @pytest.mark.slow
 def test_pruning_runs_the_synthetic_task_too() -> None:
     lines = run_bench("pruning.py", "--task", "synthetic", "--seeds", "1", "--trials", "6",
-                      "--epochs", "3", timeout_s=600)  # fmt: skip
+                      "--epochs", "3")  # fmt: skip
     assert lines[0].startswith("task=synthetic seeds=1 trials/seed=6 epochs/trial=3")
     rows = {line[:26].strip(): line[26:].split() for line in lines[2:]}
     epochs, ratio, pruned, best, diff, _ = rows["NopPruner (baseline)"]

@@ -57,7 +57,6 @@ def test_study_summary_small_run_prints_both_reads_and_the_baseline() -> None:
         "20",
         "--seconds",
         "3",
-        timeout_s=300,
     )
     assert lines[0] == "database=sqlite trials=120 intermediate values/trial=5"
     rows = {line[:42].strip(): line[42:].split() for line in lines[2:5]}
@@ -114,7 +113,6 @@ def test_a_second_round_with_the_writers_backends_reniced(postgres_url: str) -> 
         "3",
         "--writer-backends-nice",
         "5",
-        timeout_s=300,
     )
     rounds = [line for line in lines if line.startswith("under 2 writing workers")]
     assert len(rounds) == 2, lines

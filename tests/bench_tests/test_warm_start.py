@@ -13,7 +13,7 @@ from tests.bench_tests.support import run_bench
 def test_warm_start_small_run_prints_trials_to_the_target_and_the_ratio() -> None:
     lines = run_bench(
         "warm_start.py", "--first", "4", "--seeds", "1", "--budget", "3", "--epochs", "1",
-        timeout_s=600,
+
     )  # fmt: skip
     assert lines[0].startswith("task=digits epochs/trial=1 earlier trials=4")
     assert re.search(r"copied=[1-4] budget=3$", lines[0]), lines[0]
