@@ -132,6 +132,27 @@ def wait_for_status(
     return wait_until_ended(client, name, timeout_s, explain=lambda: service_logs(svc))
 
 
+LIVE_WORKER_STATES = ("starting", "pending", "running")
+
+
+def workers_once_ended(
+    client: httpx.Client, name: str, timeout_s: float, svc: Service
+) -> list[dict[str, Any]]:
+    """The study's workers once none is live any more. A study ends when its last trial
+    is told; its workers exit after that, and a loaded machine takes seconds to reap them."""
+    workers: list[dict[str, Any]] = []
+
+    def ended() -> bool:
+        workers[:] = client.get(f"/studies/{name}/workers").json()
+        return all(w["state"] not in LIVE_WORKER_STATES for w in workers)
+
+    try:
+        wait_for(ended, timeout_s, f"every worker of {name} to end")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {workers}\n{service_logs(svc)}") from None
+    return workers
+
+
 def service_logs(svc: Service) -> str:
     """The tails of the service's log and of its workers' logs."""
     workers = "\n".join(p.read_text()[-3000:] for p in svc.data_dir.rglob("worker-*.log"))

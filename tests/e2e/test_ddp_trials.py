@@ -17,6 +17,7 @@ from tests.e2e.harness import (
     optuna_trials,
     wait_for,
     wait_for_status,
+    workers_once_ended,
 )
 
 PARAMS = {
@@ -67,7 +68,7 @@ def test_a_study_trains_on_two_ranks_and_sigterm_requeues_the_trial(service: Ser
         (first,) = client.get("/studies/ddp/workers").json()
         os.kill(first["pid"], signal.SIGTERM)  # the ranks' parent's: what `docker stop` sends
         study = wait_for_status(client, "ddp", 180, service)
-        workers = client.get("/studies/ddp/workers").json()
+        workers = workers_once_ended(client, "ddp", 120, service)
     assert study["status"] == "finished", study
     trials = optuna_trials(service, "ddp")
     assert trials[0].state.name == "FAIL"  # stopped mid-trial, never left RUNNING
@@ -109,7 +110,7 @@ def test_rank_1_killed_mid_trial_retries_from_the_checkpoint(service: Service) -
         assert set(ranks) == {0, 1}, ranks
         os.kill(ranks[1], signal.SIGKILL)
         study = wait_for_status(client, "ddp-kill", 240, service)
-        workers = client.get("/studies/ddp-kill/workers").json()
+        workers = workers_once_ended(client, "ddp-kill", 120, service)
     assert study["status"] == "finished", study
     first, retry = optuna_trials(service, "ddp-kill")
     assert first.state.name == "FAIL"  # the whole trial failed, not one rank of it
