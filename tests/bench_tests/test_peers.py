@@ -18,8 +18,9 @@ def test_peers_small_run_prints_a_row_per_system() -> None:
     for row in rows:
         wall, trials, epochs, best = (row[i].split()[0] for i in (2, 4, 6, 7))
         assert float(wall) > 0
-        assert int(trials) >= 4  # raw Optuna's processes may finish one more than asked
-        assert int(trials) <= int(epochs) <= 2 * int(trials)
+        # Means over the seeds. Raw Optuna's processes may finish one more than asked.
+        assert float(trials) >= 4
+        assert float(trials) <= float(epochs) <= 2 * float(trials)
         assert 0.5 < float(best) <= 1.0
     per_seed = [line for line in lines if line.startswith("2 ")]
     assert sorted(line.split(":")[0] for line in per_seed) == [
