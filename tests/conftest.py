@@ -3,6 +3,7 @@ engine for the docker-marked tests."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -10,6 +11,12 @@ import torch
 from _pytest.nodeid import coerce_node_id
 
 from tests.dockerd import Dockerd, build_images, cache_dir, engine_tools
+
+# Workers the tests start compete with whatever else loads the machine, as the tests do:
+# at the product's default niceness (10, for a shared host) two busy loops beside the
+# suite starve them past every deadline. Services started in-process or by the e2e
+# harness hand their workers this environment.
+os.environ.setdefault("HELIOS_HPO_WORKER_NICE", "0")
 
 # Fixtures of their own modules, registered here for every test: database_url,
 # postgres_url (tests/databases.py).

@@ -85,9 +85,6 @@ def start_service(
         "HELIOS_HPO_HEARTBEAT_INTERVAL_S": "1",
         "HELIOS_HPO_HEARTBEAT_GRACE_S": "5",
         "OMP_NUM_THREADS": "1",
-        # Workers compete with whatever else loads the machine as the tests do: lowered
-        # (the default, for a shared host), two busy loops starve them of the CPU.
-        "HELIOS_HPO_WORKER_NICE": "0",
         **extra_env,
     }
     with log_path.open("ab") as log:
