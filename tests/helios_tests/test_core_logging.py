@@ -17,6 +17,7 @@ from helios.core import logging as hlog
 def _no_loggers_left() -> Iterator[None]:
     yield
     hlog.close_default_loggers()
+    logging.captureWarnings(False)  # the root logger captured them; other tests' are theirs
 
 
 def test_before_creation_nothing_is_there() -> None:
