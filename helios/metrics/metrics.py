@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -41,40 +42,40 @@ def _arrays(a: Image, b: Image) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
     return a, b
 
 
+class _ImagePairMetric(nn.Module):
+    """A metric of two images: tensors (NCHW, 0-1) or arrays (0-255, ``input_order``)."""
+
+    on_tensors: Callable[[torch.Tensor, torch.Tensor, int, bool], float]
+    on_arrays: Callable[[npt.NDArray[Any], npt.NDArray[Any], int, str, bool], float]
+
+    def __init__(self, crop_border: int, input_order: str = "HWC", test_y_channel: bool = False):
+        super().__init__()
+        self._crop_border = crop_border
+        self._input_order = input_order
+        self._test_y_channel = test_y_channel
+
+    def forward(self, img: Image, img2: Image) -> float:
+        border, y_only = self._crop_border, self._test_y_channel
+        if isinstance(img, torch.Tensor) and isinstance(img2, torch.Tensor):
+            return type(self).on_tensors(img, img2, border, y_only)
+        a, b = _arrays(img, img2)
+        return type(self).on_arrays(a, b, border, self._input_order, y_only)
+
+
 @METRICS_REGISTRY.register
-class CalculatePSNR(nn.Module):
+class CalculatePSNR(_ImagePairMetric):
     """PSNR: of tensors (NCHW, 0-1) or arrays (0-255, ``input_order``)."""
 
-    def __init__(self, crop_border: int, input_order: str = "HWC", test_y_channel: bool = False):
-        super().__init__()
-        self._crop_border = crop_border
-        self._input_order = input_order
-        self._test_y_channel = test_y_channel
-
-    def forward(self, img: Image, img2: Image) -> float:
-        border, y_only = self._crop_border, self._test_y_channel
-        if isinstance(img, torch.Tensor) and isinstance(img2, torch.Tensor):
-            return functional.calculate_psnr_torch(img, img2, border, y_only)
-        a, b = _arrays(img, img2)
-        return functional.calculate_psnr(a, b, border, self._input_order, y_only)
+    on_tensors = staticmethod(functional.calculate_psnr_torch)
+    on_arrays = staticmethod(functional.calculate_psnr)
 
 
 @METRICS_REGISTRY.register
-class CalculateSSIM(nn.Module):
+class CalculateSSIM(_ImagePairMetric):
     """SSIM: of tensors (NCHW, 0-1) or arrays (0-255, ``input_order``)."""
 
-    def __init__(self, crop_border: int, input_order: str = "HWC", test_y_channel: bool = False):
-        super().__init__()
-        self._crop_border = crop_border
-        self._input_order = input_order
-        self._test_y_channel = test_y_channel
-
-    def forward(self, img: Image, img2: Image) -> float:
-        border, y_only = self._crop_border, self._test_y_channel
-        if isinstance(img, torch.Tensor) and isinstance(img2, torch.Tensor):
-            return functional.calculate_ssim_torch(img, img2, border, y_only)
-        a, b = _arrays(img, img2)
-        return functional.calculate_ssim(a, b, border, self._input_order, y_only)
+    on_tensors = staticmethod(functional.calculate_ssim_torch)
+    on_arrays = staticmethod(functional.calculate_ssim)
 
 
 @METRICS_REGISTRY.register
